@@ -1,0 +1,155 @@
+"""The `parallel` object: map, imap, imap_unordered, starmap, submit, and the decorator forms.
+
+A thin front end: it validates options, owns the session's backend (started lazily, reused by
+every call), and hands each call to `calls`.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from . import backends, calls
+from .options import Options
+
+_NO_ITEMS: Any = object()
+
+
+class ParallelFunction:
+    """A function decorated with `@parallel.map`: calling it maps it over an iterable.
+
+    Keeps the function's name, docstring and signature; `.func` is the plain function.
+    """
+
+    def __init__(self, owner: Parallel, func: Callable[..., Any], options: dict[str, Any]) -> None:
+        functools.update_wrapper(self, func)
+        self.func = func
+        self._owner = owner
+        self._options = options
+
+    def __call__(self, items: Iterable[Any], **options: Any) -> list[Any]:
+        return self._owner.map(self.func, items, **{**self._options, **options})
+
+    def __repr__(self) -> str:
+        return f"<parallel.map of {self.func!r}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to a worker (captured by another function), it stays callable there; it needs
+        # neither the pool nor the session's lock, so send the plain function and options.
+        return _parallel_function, (self.func, self._options)
+
+
+def _parallel_function(func: Callable[..., Any], options: dict[str, Any]) -> ParallelFunction:
+    from . import parallel
+
+    return ParallelFunction(parallel, func, options)
+
+
+class Parallel:
+    """Parallel map over a persistent pool of workers; see the package docstring."""
+
+    def __init__(self) -> None:
+        self._options = Options()
+        self._backend: backends.Backend | None = None
+        self._lock = threading.Lock()
+
+    # --- session ------------------------------------------------------------------------
+
+    def configure(self, **options: Any) -> Options:
+        """Set session defaults (workers, chunksize, progress); returns the options in force."""
+        with self._lock:
+            self._options = self._options.merged(**options)
+            if self._backend is not None and self._backend.size != self._options.worker_count:
+                self._backend.resize(self._options.worker_count)
+            return self._options
+
+    @property
+    def options(self) -> Options:
+        return self._options
+
+    def _get_backend(self, options: Options) -> backends.Backend:
+        with self._lock:
+            if self._backend is None:
+                self._backend = backends.create("processes", self._options.worker_count)
+            if self._backend.size < options.worker_count:
+                self._backend.resize(options.worker_count)
+            return self._backend
+
+    def status(self) -> PoolStatus:
+        """The workers of the pool: pid, busy or idle, tasks done, memory."""
+        backend = self._backend
+        return PoolStatus(backend.status() if backend is not None else [])
+
+    def shutdown(self) -> None:
+        """Stop all workers now. The next call starts a fresh pool."""
+        with self._lock:
+            backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.shutdown()
+
+    # --- calls --------------------------------------------------------------------------
+
+    def map(self, func: Any = None, items: Iterable[Any] = _NO_ITEMS, /, **options: Any) -> Any:
+        """`func` applied to every item, in parallel: a list in input order.
+
+        Also a decorator: `@parallel.map` or `@parallel.map(workers=4)` turns a function into
+        one that maps itself over an iterable.
+
+        Raises:
+            The function's own exception (its remote traceback as `__cause__`), TypeError for
+            bad input, UnsendableError for a function that cannot be sent to the workers.
+        """
+        if items is _NO_ITEMS:
+            return self._decorator(func, options)
+        return list(self._stream(func, items, options, "map", True))
+
+    def imap(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> Iterator[Any]:
+        """Results one by one in input order, as soon as each is ready; reads the input lazily."""
+        return self._stream(func, items, options, "map", True)
+
+    def imap_unordered(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> Iterator[Any]:
+        """Results one by one in the order they finish."""
+        return self._stream(func, items, options, "map", False)
+
+    def starmap(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> list[Any]:
+        """`func(*args)` for every tuple of arguments: a list in input order."""
+        return list(self._stream(func, items, options, "star", True))
+
+    def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run `func(*args, **kwargs)` on a worker; returns a `concurrent.futures.Future`."""
+        options = self._options
+        return calls.submit(lambda: self._get_backend(options), func, args, kwargs, options)
+
+    def _stream(self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str,
+                ordered: bool) -> Iterator[Any]:
+        options = self._options.merged(**overrides)
+        return calls.stream(lambda: self._get_backend(options), func, items, options, mode, ordered)
+
+    def _decorator(self, func: Any, options: dict[str, Any]) -> Any:
+        self._options.merged(**options)  # bad options fail at decoration time
+        if func is None:
+            return lambda f: self._decorator(f, options)
+        calls.check_function(func)
+        return ParallelFunction(self, func, options)
+
+    def __repr__(self) -> str:
+        return f"<nbparallel.parallel {self._options}>"
+
+
+class PoolStatus:
+    """What `parallel.status()` returns: a list of workers, shown as a table."""
+
+    def __init__(self, workers: list[Any]) -> None:
+        self.workers = workers
+
+    def __repr__(self) -> str:
+        if not self.workers:
+            return "nbparallel: no workers running (the pool starts on the first call)"
+        lines = [f"nbparallel: {len(self.workers)} workers", "    pid  state  tasks  memory"]
+        for w in self.workers:
+            state = "busy" if w.busy else "idle"
+            lines.append(f"{w.pid:>7}  {state:<5} {w.tasks_done:>6}  {w.memory_rss / 2**20:6.1f} MiB")
+        return "\n".join(lines)

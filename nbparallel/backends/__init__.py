@@ -1,0 +1,39 @@
+"""Backends run a call's chunks somewhere; they all follow `Backend`, and are created by name."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .. import errors, tasks
+
+BACKENDS = ("processes",)
+
+
+class Backend(Protocol):
+    """What a call needs from the place its tasks run."""
+
+    @property
+    def size(self) -> int: ...
+
+    def submit(self, call: tasks.Call, chunk: tasks.Chunk) -> None:
+        """Queue a chunk; its outcome arrives through `call.deliver`."""
+
+    def cancel(self, call: tasks.Call, stop_running: bool) -> None:
+        """Forget the call's queued chunks; with `stop_running`, stop its running tasks at once."""
+
+    def resize(self, workers: int) -> None: ...
+
+    def status(self) -> list[Any]: ...
+
+    def worker_pids(self) -> list[int]: ...
+
+    def shutdown(self) -> None: ...
+
+
+def create(name: str, workers: int) -> Backend:
+    """A new backend; heavy imports happen only for the backend asked for."""
+    if name == "processes":
+        from .process import ProcessPool
+
+        return ProcessPool(workers)
+    raise errors.bad_option("backend", name, f"one of {', '.join(map(repr, BACKENDS))}")

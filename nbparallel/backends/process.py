@@ -1,0 +1,310 @@
+"""The default backend: a persistent pool of worker processes, driven by one dispatcher thread.
+
+Data flow::
+
+    caller thread                 dispatcher thread                      worker process
+    submit(call, chunk) --> pending --> assign to a free worker --> RunTask  --> run_chunk
+                                      <-- TaskDone / TaskFailed / Output <--
+    call.deliver(event) <-------------+   (EOF on a worker's socket: TaskLost, worker replaced)
+
+Why fresh interpreters, not fork: a kernel runs threads (ZMQ, heartbeat, history), and forking
+a threaded process can deadlock the child; Python 3.12 warns about it and 3.14 moved Linux off
+fork by default. Why not multiprocessing's spawn: it re-imports a script's `__main__` in every
+worker, which is what makes `if __name__ == "__main__":` necessary. So a worker is
+`python -c "...worker.main()"` with one socket to this process; functions reach it by value.
+The socket doubles as the worker's lifeline: it exits on EOF, i.e. when this process dies.
+Workers stay in the kernel's process group, so Jupyter's restart (killpg) reaches them too.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+
+import psutil
+from multiprocess.connection import Connection, Pipe, wait
+
+from .. import errors, serialize, tasks
+from ..worker import FunctionCache
+
+# Tasks sent to a worker ahead of time, so it never waits for the next one.
+_TASKS_PER_WORKER = 2
+_EXIT_WAIT_SECONDS = 2.0
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BOOT = f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from nbparallel.worker import main; main()"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStatus:
+    pid: int
+    busy: bool
+    tasks_done: int
+    memory_rss: int  # bytes
+
+
+@dataclasses.dataclass(eq=False)
+class _Worker:
+    process: subprocess.Popen[bytes]
+    conn: Connection
+    create_time: float
+    inflight: collections.deque[tuple[tasks.Call, tasks.Chunk]] = dataclasses.field(
+        default_factory=collections.deque
+    )
+    functions: FunctionCache = dataclasses.field(default_factory=FunctionCache)
+    tasks_done: int = 0
+    retiring: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def launch_worker() -> _Worker:
+    """Start one worker interpreter connected to this process by a socket pair."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "NBPARALLEL_WORKER": "1"},
+        )
+        conn = Connection(ours.detach())
+    try:
+        create_time = psutil.Process(process.pid).create_time()
+    except psutil.Error:  # it died already; the dispatcher will see EOF and say why
+        create_time = 0.0
+    conn.send_bytes(pickle.dumps({"sys_path": list(sys.path)}))
+    return _Worker(process, conn, create_time)
+
+
+class ProcessPool:
+    """A pool of worker processes that lives as long as this process, or until `shutdown`."""
+
+    def __init__(self, workers: int) -> None:
+        self._size = workers
+        self._lock = threading.Lock()
+        self._workers: dict[Connection, _Worker] = {}
+        self._pending: collections.deque[tuple[tasks.Call, tasks.Chunk]] = collections.deque()
+        self._wake_reader, self._wake_writer = Pipe(duplex=False)
+        self._woken = False
+        self._dispatcher: threading.Thread | None = None
+        self._closed = False
+
+    # --- called from the caller's thread ------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def submit(self, call: tasks.Call, chunk: tasks.Chunk) -> None:
+        """Queue a chunk of `call`; its events arrive through `call.deliver`."""
+        with self._lock:
+            if self._closed:
+                raise errors.pool_shut_down()
+            if self._dispatcher is None:
+                self._start()
+            self._pending.append((call, chunk))
+            self._wake()
+
+    def cancel(self, call: tasks.Call, stop_running: bool) -> None:
+        """Drop the call's queued chunks; workers skip or stop its tasks.
+
+        With `stop_running`, workers in the middle of one of its tasks are killed (and replaced):
+        the only way to stop a task at once, whatever it is doing.
+        """
+        with self._lock:
+            call.closed = True
+            self._pending = collections.deque(entry for entry in self._pending if entry[0] is not call)
+            for worker in self._workers.values():
+                if not any(c is call for c, _ in worker.inflight):
+                    continue
+                if stop_running and worker.inflight[0][0] is call:
+                    worker.process.kill()
+                else:
+                    self._send(worker, tasks.CancelCall(call.call_id))
+
+    def resize(self, workers: int) -> None:
+        with self._lock:
+            self._size = workers
+            if self._dispatcher is not None:
+                self._fill()
+                self._retire_extra()
+                self._wake()
+
+    def status(self) -> list[WorkerStatus]:
+        with self._lock:
+            workers = list(self._workers.values())
+        return [
+            WorkerStatus(w.pid, bool(w.inflight), w.tasks_done, _memory_rss(w.process.pid))
+            for w in workers
+        ]
+
+    def worker_pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._workers.values()]
+
+    def shutdown(self) -> None:
+        """Stop every worker (waiting briefly for a clean exit, then killing) and the dispatcher."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            lost = [entry for entry in self._pending]
+            self._pending.clear()
+            workers = list(self._workers.values())
+            self._workers.clear()
+            for worker in workers:
+                lost.extend(worker.inflight)
+                worker.conn.close()  # EOF: the worker exits by itself
+            self._wake()
+        for call, chunk in lost:
+            call.deliver(tasks.TaskLost(chunk.task_id, errors.pool_shut_down()))
+        for worker in workers:
+            _reap(worker)
+        if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
+            self._dispatcher.join(_EXIT_WAIT_SECONDS)
+
+    # --- the dispatcher -----------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._fill()
+        self._dispatcher = threading.Thread(target=self._dispatch_forever, name="nbparallel-dispatcher", daemon=True)
+        self._dispatcher.start()
+
+    def _fill(self) -> None:
+        while sum(not w.retiring for w in self._workers.values()) < self._size:
+            worker = launch_worker()
+            self._workers[worker.conn] = worker
+
+    def _retire_extra(self) -> None:
+        extra = sum(not w.retiring for w in self._workers.values()) - self._size
+        for worker in sorted(self._workers.values(), key=lambda w: len(w.inflight)):
+            if extra <= 0:
+                break
+            if not worker.retiring:
+                worker.retiring = True
+                extra -= 1
+        for worker in [w for w in self._workers.values() if w.retiring and not w.inflight]:
+            del self._workers[worker.conn]
+            worker.conn.close()
+
+    def _wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            self._wake_writer.send_bytes(b"")
+
+    def _dispatch_forever(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                self._assign()
+                connections = [self._wake_reader, *self._workers]
+            for ready in wait(connections):
+                if ready is self._wake_reader:
+                    with self._lock:
+                        while self._wake_reader.poll():
+                            self._wake_reader.recv_bytes()
+                        self._woken = False
+                else:
+                    self._receive(ready)  # type: ignore[arg-type]
+
+    def _assign(self) -> None:
+        """Send pending chunks, oldest first, to workers with room (least loaded first)."""
+        while self._pending:
+            call, chunk = self._pending[0]
+            worker = self._free_worker(call)
+            if worker is None:
+                return
+            self._pending.popleft()
+            worker.inflight.append((call, chunk))
+            send_function = call.digest not in worker.functions
+            worker.functions.touch(call.digest)
+            self._send(worker, tasks.RunTask(
+                chunk.task_id, call.call_id, call.digest,
+                call.function if send_function else None, call.mode, chunk.items, chunk.position,
+            ))
+
+    def _free_worker(self, call: tasks.Call) -> _Worker | None:
+        serving = sum(any(c is call for c, _ in w.inflight) for w in self._workers.values())
+        candidates = [
+            w for w in self._workers.values()
+            if not w.retiring and len(w.inflight) < _TASKS_PER_WORKER
+            and (serving < call.max_workers or any(c is call for c, _ in w.inflight))
+        ]
+        return min(candidates, key=lambda w: len(w.inflight), default=None)
+
+    def _send(self, worker: _Worker, message: object) -> None:
+        try:
+            worker.conn.send_bytes(pickle.dumps(message, protocol=serialize.PROTOCOL))
+        except OSError:
+            pass  # it died; the dispatcher sees EOF on its socket and reports it
+
+    def _receive(self, conn: Connection) -> None:
+        try:
+            message = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            self._on_exit(conn)
+            return
+        with self._lock:
+            worker = self._workers.get(conn)
+            if worker is None or not worker.inflight:
+                return
+            call, chunk = worker.inflight[0]
+            if isinstance(message, tasks.Output):
+                deliver = None
+            else:
+                worker.inflight.popleft()
+                worker.tasks_done += 1
+                if worker.retiring and not worker.inflight:
+                    self._retire_extra()
+                deliver = call.deliver
+        if call.closed:
+            return
+        if isinstance(message, tasks.Output):
+            call.write_output(message.stream, message.text)
+        elif deliver is not None:
+            deliver(message)
+
+    def _on_exit(self, conn: Connection) -> None:
+        with self._lock:
+            worker = self._workers.pop(conn, None)
+        conn.close()
+        if worker is None:
+            return  # retired or shut down on purpose
+        returncode = _reap(worker)
+        if not worker.inflight:
+            return
+        running, *queued = worker.inflight
+        with self._lock:
+            if not self._closed:
+                # Tasks queued behind the running one never started: they go to another worker.
+                self._pending.extendleft(reversed(queued))
+                self._fill()
+        call, chunk = running
+        if not call.closed:
+            error = errors.worker_died(worker.pid, returncode, chunk.position, chunk.size, chunk.first_item)
+            call.deliver(tasks.TaskLost(chunk.task_id, error))
+
+
+def _reap(worker: _Worker) -> int | None:
+    """Wait briefly for the worker to exit, kill it if it does not, and return its exit code."""
+    try:
+        return worker.process.wait(_EXIT_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+        return worker.process.wait()
+
+
+def _memory_rss(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
+        return 0

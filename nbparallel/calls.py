@@ -1,0 +1,176 @@
+"""One call from start to end: check, serialize the function once, chunk the items, submit a
+bounded window of chunks, turn worker events into results (in input order, or as they finish)
+or into the user's own exception, and cancel what is left when the caller stops listening.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import queue
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from . import errors, serialize, tasks
+from .backends import Backend
+from .options import Options
+from .progress import Progress
+
+# Chunks submitted but not yet handed to the caller, per worker: enough to keep every worker
+# fed, few enough that a huge or endless input is never read far ahead of the workers.
+_WINDOW_PER_WORKER = 2
+_next_id = itertools.count(1).__next__
+
+
+def in_worker() -> bool:
+    """True inside a worker: a nested call then runs serially instead of starting a pool."""
+    return os.environ.get("NBPARALLEL_WORKER") == "1"
+
+
+def check_function(func: object) -> None:
+    if not callable(func):
+        raise errors.not_callable(func)
+
+
+def stream(
+    backend: Callable[[], Backend], func: Callable[..., Any], items: Iterable[Any], options: Options,
+    mode: str = "map", ordered: bool = True,
+) -> Iterator[Any]:
+    """Results of `func` over `items`. Checks everything before returning; runs lazily after.
+
+    Raises (at once): TypeError for a non-callable or non-iterable; UnsendableError for a
+    function that cannot be sent. Raises (while iterating): the function's own exception.
+    """
+    check_function(func)
+    try:
+        iterator = iter(items)
+    except TypeError:
+        raise errors.not_iterable(items) from None
+    if mode == "star":
+        iterator = _checked_tuples(iterator)
+    if in_worker():
+        call_item = tasks.item_caller(func, mode)
+        return (call_item(item) for item in iterator)
+    payload = serialize.dump_function(func)
+    return _run(backend, payload, iterator, tasks.length_hint(items), options, mode, ordered)
+
+
+def _checked_tuples(items: Iterator[Any]) -> Iterator[Any]:
+    for position, item in enumerate(items):
+        if not isinstance(item, (tuple, list)):
+            raise errors.not_a_tuple(position, item)
+        yield item
+
+
+def _run(
+    get_backend: Callable[[], Backend], payload: serialize.FunctionPayload, items: Iterator[Any],
+    total: int | None, options: Options, mode: str, ordered: bool,
+) -> Iterator[Any]:
+    workers = options.worker_count
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    call = tasks.Call(_next_id(), payload.name, payload.data, payload.digest, mode, workers, events.put)
+    sizer = tasks.ChunkSizer(total, workers, options.chunksize)
+    pieces = tasks.chunks(items, sizer)
+    window = workers * _WINDOW_PER_WORKER
+    submitted: collections.OrderedDict[int, tasks.Chunk] = collections.OrderedDict()
+    finished: dict[int, list[Any]] = {}
+    backend: Backend | None = None
+    more = True
+    progress = Progress(total, options.progress, payload.name)
+    ok = False
+    try:
+        while True:
+            while more and len(submitted) < window:
+                piece = next(pieces, None)
+                if piece is None:
+                    more = False
+                    break
+                position, chunk_items = piece
+                chunk = tasks.Chunk(
+                    _next_id(), position, len(chunk_items),
+                    serialize.dump_chunk(chunk_items, position), errors.short_repr(chunk_items[0]),
+                )
+                backend = backend or get_backend()
+                backend.submit(call, chunk)
+                submitted[chunk.task_id] = chunk
+            if not submitted:
+                break
+            event = events.get()
+            chunk = submitted[event.task_id]
+            results = outcome(call, chunk, event)
+            sizer.observe(chunk.size, event.seconds)
+            progress.update(chunk.size)
+            if not ordered:
+                del submitted[event.task_id]
+                yield from results
+                continue
+            finished[event.task_id] = results
+            while submitted and next(iter(submitted)) in finished:
+                task_id, _ = submitted.popitem(last=False)
+                yield from finished.pop(task_id)
+        ok = True
+    except KeyboardInterrupt:
+        if backend is not None:
+            backend.cancel(call, stop_running=True)
+        raise
+    finally:
+        if not ok and backend is not None and not call.closed:
+            backend.cancel(call, stop_running=False)
+        call.closed = True
+        progress.close(ok)
+
+
+def outcome(call: tasks.Call, chunk: tasks.Chunk, event: object) -> list[Any]:
+    """The results a worker event carries, or the exception it stands for, raised."""
+    if isinstance(event, tasks.TaskDone):
+        return serialize.loads(event.results)  # type: ignore[no-any-return]
+    if isinstance(event, tasks.TaskLost):
+        raise event.error
+    assert isinstance(event, tasks.TaskFailed)
+    position = chunk.position + event.offset
+    remote = errors.RemoteTraceback(f'\n"""\n{event.traceback}"""')
+    error = serialize.loads(event.error) if event.error is not None else None
+    if event.stage == "result":
+        raise errors.unsendable_result(call.name, position, event.item, event.detail) from remote
+    if error is None:
+        raise errors.unloadable_exception(call.name, position, event.item, event.detail) from remote
+    if event.stage == "load" and isinstance(error, ModuleNotFoundError) and error.name:
+        raise errors.missing_module(call.name, error.name) from remote
+    if hasattr(error, "add_note"):
+        error.add_note(errors.item_note(position, event.item, event.pid))
+    raise error from remote
+
+
+def submit(
+    get_backend: Callable[[], Backend], func: Callable[..., Any], args: tuple[Any, ...],
+    kwargs: dict[str, Any], options: Options,
+) -> Future[Any]:
+    """Run `func(*args, **kwargs)` on a worker; a Future of its result."""
+    check_function(func)
+    future: Future[Any] = Future()
+    if in_worker():
+        try:
+            future.set_result(func(*args, **kwargs))
+        except BaseException as error:
+            future.set_exception(error)
+        return future
+    payload = serialize.dump_function(func)
+    chunk = tasks.Chunk(
+        _next_id(), 0, 1, serialize.dump_chunk([(args, kwargs)], 0), errors.short_repr(args)
+    )
+
+    def deliver(event: object) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(outcome(call, chunk, event)[0])
+        except BaseException as error:
+            future.set_exception(error)
+
+    call = tasks.Call(_next_id(), payload.name, payload.data, payload.digest, "apply", 1, deliver)
+    backend = get_backend()
+    future.add_done_callback(lambda f: f.cancelled() and backend.cancel(call, stop_running=True))
+    backend.submit(call, chunk)
+    return future

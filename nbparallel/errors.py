@@ -1,0 +1,186 @@
+"""nbparallel's error classes and every message a user reads.
+
+Our own errors share the base `NbParallelError` and also subclass the builtin that fits, so
+`except TypeError:` catches a bad option just as it would catch one from the standard library.
+Exceptions raised by the user's function are never wrapped: they come back as their own type.
+"""
+
+from __future__ import annotations
+
+import reprlib
+
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+_short.maxlist = 4
+_short.maxdict = 4
+
+
+def short_repr(obj: object) -> str:
+    """A repr short enough for an error message, whatever the object."""
+    try:
+        return _short.repr(obj)
+    except Exception:  # a broken __repr__ must not hide the real error
+        return f"<{type(obj).__name__} object>"
+
+
+def type_name(obj: object) -> str:
+    cls = type(obj)
+    module = cls.__module__
+    return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+
+
+class NbParallelError(Exception):
+    """Base class of the errors nbparallel itself raises."""
+
+
+class OptionError(NbParallelError, ValueError):
+    """An option has a value nbparallel cannot use."""
+
+
+class UnsendableError(NbParallelError, TypeError):
+    """The function, something it captures, or an item cannot be copied to a worker."""
+
+
+class ResultError(NbParallelError, TypeError):
+    """A worker computed a result (or raised an exception) that cannot be sent back."""
+
+
+class WorkerDiedError(NbParallelError, RuntimeError):
+    """A worker process ended while it was running a task."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, chained as its `__cause__`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+# What to do instead, for each kind of object that must not be copied into a worker.
+_ADVICE = {
+    "lock": "each worker would get its own unlocked copy, so it would protect nothing. "
+    "Return values from the function and combine them in the notebook instead",
+    "file": "each worker would reopen it (a file open for writing would be truncated). "
+    "Pass the path and open the file inside the function",
+    "connection": "it cannot be copied to another process. Open the connection inside the "
+    "function (or once per worker), not in the notebook",
+    "generator": "a generator cannot be copied. Pass its values as the items to map over, or "
+    "make it a list first",
+    "thread": "threads and processes cannot be copied to another process. Start them inside "
+    "the function if each task needs one",
+}
+
+
+def unsendable_capture(func_name: str, path: str, obj: object, kind: str) -> UnsendableError:
+    return UnsendableError(
+        f"cannot send {func_name!r} to the workers: it captures {path!r} "
+        f"({type_name(obj)}), and {_ADVICE[kind]}."
+    )
+
+
+def unpicklable_capture(func_name: str, path: str, obj: object, error: BaseException) -> UnsendableError:
+    return UnsendableError(
+        f"cannot send {func_name!r} to the workers: it captures {path!r} ({type_name(obj)}), "
+        f"which cannot be serialized ({type(error).__name__}: {error}). Create it inside the "
+        f"function instead of capturing it."
+    )
+
+
+def unpicklable_function(func_name: str, error: BaseException) -> UnsendableError:
+    return UnsendableError(
+        f"cannot send {func_name!r} to the workers: it cannot be serialized "
+        f"({type(error).__name__}: {error})."
+    )
+
+
+def unpicklable_item(position: int, item: object, error: BaseException) -> UnsendableError:
+    return UnsendableError(
+        f"cannot send item {position} ({short_repr(item)}) to the workers: "
+        f"{type(error).__name__}: {error}. Pass something that can be copied (a path, a number, "
+        f"plain data) and build the object inside the function."
+    )
+
+
+def unsendable_result(func_name: str, position: int, item_repr: str, detail: str) -> ResultError:
+    return ResultError(
+        f"{func_name!r} ran on item {position} ({item_repr}) but its result cannot be "
+        f"sent back: {detail}. Return plain data (numbers, strings, lists, dicts, arrays)."
+    )
+
+
+def unloadable_exception(func_name: str, position: int, item_repr: str, detail: str) -> ResultError:
+    return ResultError(
+        f"{func_name!r} raised an exception on item {position} ({item_repr}) that cannot be sent "
+        f"back, so it cannot be re-raised as its own type: {detail}. Its traceback follows."
+    )
+
+
+def missing_module(func_name: str, module: str) -> ModuleNotFoundError:
+    return ModuleNotFoundError(
+        f"the workers cannot import {module!r}, which {func_name!r} needs. Install it in the "
+        f"kernel's environment, or import it inside the function.",
+        name=module,
+    )
+
+
+def item_note(position: int, item_repr: str, pid: int) -> str:
+    return f"nbparallel: raised in worker pid {pid} on item {position}: {item_repr}"
+
+
+def worker_died(pid: int, returncode: int | None, position: int, size: int, first_item: str) -> WorkerDiedError:
+    if returncode is None:
+        how = "closed its connection"
+    elif returncode < 0:
+        how = f"was killed by signal {-returncode}"
+    else:
+        how = f"exited with code {returncode}"
+    likely = {
+        -9: "It was killed with SIGKILL: often the out-of-memory killer; check memory use.",
+        -11: "A segmentation fault: a crash in C code (an extension module) run by the task.",
+        -6: "It aborted: a crash in C code (an extension module) run by the task.",
+    }.get(returncode or 0, "The function may call os._exit(), or crash the interpreter.")
+    items = f"item {position} ({first_item})" if size == 1 else (
+        f"items {position} to {position + size - 1} (the first is {first_item})"
+    )
+    return WorkerDiedError(
+        f"worker pid {pid} {how} while running {items}. {likely} "
+        f"The worker has been replaced; the pool is usable."
+    )
+
+
+def bad_option(name: str, value: object, expected: str) -> OptionError:
+    return OptionError(f"{name}={value!r} is not valid: {name} must be {expected}.")
+
+
+def unknown_option(name: str, known: list[str]) -> TypeError:
+    return TypeError(f"unknown option {name!r}; the options are: {', '.join(known)}.")
+
+
+def not_callable(obj: object) -> TypeError:
+    return TypeError(
+        f"parallel.map needs a function to call on each item, got {type_name(obj)} "
+        f"({short_repr(obj)}). Pass the function first: parallel.map(func, items)."
+    )
+
+
+def not_iterable(obj: object) -> TypeError:
+    return TypeError(
+        f"parallel.map needs an iterable of items, got {type_name(obj)} ({short_repr(obj)}). "
+        f"Pass a list, range, generator or other iterable: parallel.map(func, items)."
+    )
+
+
+def not_a_tuple(position: int, item: object) -> TypeError:
+    return TypeError(
+        f"starmap needs each item to be a tuple of arguments; item {position} is "
+        f"{type_name(item)} ({short_repr(item)}). Use parallel.map for single arguments."
+    )
+
+
+def pool_shut_down() -> NbParallelError:
+    return NbParallelError("the pool was shut down while this call was running.")

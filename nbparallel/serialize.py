@@ -1,0 +1,287 @@
+"""The only place objects are turned into bytes and back, and where unsendable captures are found.
+
+The rule fits on a line: code defined in the notebook (or a script's `__main__`), and local
+functions and lambdas, go by value with dill; everything else goes by reference with the fast C
+pickler. The function of a call is serialized once (`dump_function`); items and results go in
+chunks through `dumps`/`loads`.
+
+A class defined in the notebook travels by value too, but on arrival it is first looked up by
+name in the receiver's main namespace (the notebook in the parent, the function's globals in a
+worker), so `isinstance(result, MyClass)` holds in the notebook and inside the function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import dis
+import functools
+import hashlib
+import io
+import linecache
+import pickle
+import sys
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dill
+
+from . import errors
+
+PROTOCOL = 5
+_MAIN = "__main__"
+# Bounds of the search for unsendable captures: deep enough for real notebooks, cheap for big data.
+_MAX_DEPTH = 6
+_MAX_OBJECTS = 10_000
+_MAX_CONTAINER = 1_000
+
+# In a worker: the globals of the function being run, which stand in for the notebook.
+_receiver_namespace: dict[str, Any] | None = None
+
+
+def set_receiver_namespace(namespace: dict[str, Any] | None) -> None:
+    """Tell `loads` where notebook-defined classes are to be found in this process."""
+    global _receiver_namespace
+    _receiver_namespace = namespace
+
+
+def _is_notebook_code(obj: object) -> bool:
+    return getattr(obj, "__module__", None) == _MAIN
+
+
+def _needs_value(obj: object) -> bool:
+    """True for functions and classes that a worker cannot import by name."""
+    if not isinstance(obj, (type, types.FunctionType)):
+        return False
+    return _is_notebook_code(obj) or "<" in getattr(obj, "__qualname__", "<")
+
+
+def resolve_by_name(qualname: str, payload: bytes) -> Any:
+    """Rebuild a notebook class or function: the receiver's own one if it has it, else by value."""
+    namespace = _receiver_namespace
+    if namespace is None:
+        main = sys.modules.get(_MAIN)
+        namespace = vars(main) if main is not None else {}
+    found: Any = namespace.get(qualname.split(".")[0])
+    for part in qualname.split(".")[1:]:
+        found = getattr(found, part, None)
+    if found is not None and getattr(found, "__qualname__", None) == qualname:
+        return found
+    return dill.loads(payload)
+
+
+class _Pickler(pickle.Pickler):
+    """The C pickler, handing notebook-defined code to dill."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if not _needs_value(obj):
+            return NotImplemented
+        payload = dill.dumps(obj, protocol=PROTOCOL, recurse=True)
+        if "<" in obj.__qualname__:
+            return dill.loads, (payload,)
+        return resolve_by_name, (obj.__qualname__, payload)
+
+
+def dumps(obj: object) -> bytes:
+    """Serialize items or results (fast for plain data; notebook code goes by value)."""
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+def dump_chunk(items: list[Any], first_position: int) -> bytes:
+    """Serialize a chunk of items; a failure names the first item that cannot be sent."""
+    try:
+        return dumps(items)
+    except Exception:
+        for offset, item in enumerate(items):
+            try:
+                dumps(item)
+            except Exception as error:
+                raise errors.unpicklable_item(first_position + offset, item, error) from error
+        raise
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionPayload:
+    """A call's function, serialized once; workers cache it by digest."""
+
+    name: str
+    data: bytes
+    digest: bytes
+
+
+def function_name(func: Callable[..., Any]) -> str:
+    if isinstance(func, functools.partial):
+        return function_name(func.func)
+    return getattr(func, "__qualname__", None) or type(func).__qualname__
+
+
+def dump_function(func: Callable[..., Any]) -> FunctionPayload:
+    """Serialize `func` and what it captures, after checking that all of it can be copied.
+
+    Raises:
+        UnsendableError: `func` or a variable it captures cannot be sent; the message names it.
+    """
+    name = function_name(func)
+    captures = list(captured_objects(func))
+    for path, obj in captures:
+        kind = unsendable_kind(obj)
+        if kind:
+            raise errors.unsendable_capture(name, path, obj, kind)
+    try:
+        code = dill.dumps(func, protocol=PROTOCOL, recurse=True)
+    except Exception as error:
+        raise _explain_function_failure(func, name, error) from error
+    functions = [func] + [obj for _, obj in captures if isinstance(obj, types.FunctionType)]
+    data = pickle.dumps((_notebook_sources(functions), code), protocol=PROTOCOL)
+    return FunctionPayload(name, data, hashlib.blake2b(data, digest_size=16).digest())
+
+
+def load_function(data: bytes) -> Callable[..., Any]:
+    """Rebuild a function in a worker, with the source lines of notebook cells for tracebacks."""
+    sources, code = pickle.loads(data)
+    linecache.cache.update(sources)
+    return dill.loads(code)  # type: ignore[no-any-return]
+
+
+def _explain_function_failure(func: Callable[..., Any], name: str, error: Exception) -> Exception:
+    for path, obj in captured_objects(func):
+        if path == name:
+            continue
+        try:
+            dill.dumps(obj, protocol=PROTOCOL, recurse=True)
+        except Exception as capture_error:
+            return errors.unpicklable_capture(name, path, obj, capture_error)
+    return errors.unpicklable_function(name, error)
+
+
+# --- what a function captures -------------------------------------------------------------
+
+
+def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """Names the code reads as globals (not attribute names, which share co_names)."""
+    return {
+        ins.argval
+        for c in _code_objects(code)
+        for ins in dis.get_instructions(c)
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+    }
+
+
+def _direct_captures(obj: object) -> Iterator[tuple[str, object]]:
+    """(name, value) pairs that would be copied along with `obj` by value."""
+    if isinstance(obj, types.FunctionType):
+        code = obj.__code__
+        for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
+            try:
+                yield name, cell.cell_contents
+            except ValueError:  # an empty cell: the variable is not assigned yet
+                continue
+        for name in sorted(_global_names(code)):
+            if name in obj.__globals__:
+                yield name, obj.__globals__[name]
+        for index, value in enumerate(obj.__defaults__ or ()):
+            yield f"default #{index}", value
+        for name, value in (obj.__kwdefaults__ or {}).items():
+            yield f"default {name}", value
+    elif isinstance(obj, types.MethodType):
+        yield "self", obj.__self__
+        yield from _direct_captures(obj.__func__)
+    elif isinstance(obj, functools.partial):
+        yield "func", obj.func
+        for index, value in enumerate(obj.args):
+            yield f"args[{index}]", value
+        yield from obj.keywords.items()
+    elif isinstance(obj, dict):
+        yield from ((f"[{key!r}]", value) for key, value in list(obj.items())[:_MAX_CONTAINER])
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        yield from ((f"[{index}]", value) for index, value in enumerate(list(obj)[:_MAX_CONTAINER]))
+    elif _is_notebook_code(type(obj)) and hasattr(obj, "__dict__"):
+        yield from ((f".{key}", value) for key, value in vars(obj).items())
+
+
+def _join(path: str, name: str) -> str:
+    if not path:
+        return name
+    return path + name if name[0] in "[." else f"{path} -> {name}"
+
+
+def captured_objects(func: Callable[..., Any]) -> Iterator[tuple[str, object]]:
+    """Every object sent along with `func`, with a readable path such as `helper -> cfg['db']`.
+
+    Follows notebook functions, methods, partials, containers and notebook-class instances; stops
+    at modules and installed code (they go by reference), and at a bounded size.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[str, object, int]] = [("", func, 0)]
+    while stack and len(seen) < _MAX_OBJECTS:
+        path, obj, depth = stack.pop()
+        if id(obj) in seen or isinstance(obj, types.ModuleType):
+            continue
+        seen.add(id(obj))
+        if path:
+            yield path, obj
+        if depth >= _MAX_DEPTH:
+            continue
+        if isinstance(obj, types.FunctionType) and path and not _needs_value(obj):
+            continue  # installed code goes by reference: what it uses is not sent
+        children = list(_direct_captures(obj))
+        for name, value in reversed(children):
+            stack.append((_join(path, name), value, depth + 1))
+
+
+@functools.cache
+def _unsendable_types() -> dict[str, tuple[type, ...]]:
+    import socket
+    import sqlite3
+    import subprocess
+    import threading
+
+    lock_types = (
+        type(threading.Lock()),
+        type(threading.RLock()),
+        threading.Condition,
+        threading.Semaphore,
+        threading.Event,
+        threading.Barrier,
+    )
+    return {
+        "lock": lock_types,
+        "connection": (socket.socket, sqlite3.Connection, sqlite3.Cursor),
+        "generator": (types.GeneratorType, types.AsyncGeneratorType, types.CoroutineType),
+        "thread": (threading.Thread, subprocess.Popen),
+    }
+
+
+def unsendable_kind(obj: object) -> str | None:
+    """Which kind of process-bound object `obj` is ("lock", "file", ...), or None if it can go."""
+    if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
+        return "file"
+    for kind, kinds in _unsendable_types().items():
+        if isinstance(obj, kinds):
+            return kind
+    return None
+
+
+def _notebook_sources(functions: list[Any]) -> dict[str, Any]:
+    """linecache entries of notebook cells the functions' code comes from, for worker tracebacks."""
+    sources = {}
+    for function in functions:
+        code = getattr(function, "__code__", None)
+        entry = linecache.cache.get(code.co_filename) if code else None
+        # An entry with no modification time is not backed by a file: a cell or exec'd code.
+        if entry is not None and len(entry) == 4 and entry[1] is None:
+            sources[code.co_filename] = entry
+    return sources

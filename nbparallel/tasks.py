@@ -1,0 +1,192 @@
+"""Chunks, the messages between the pool and its workers, and `run_chunk`, shared by every backend.
+
+Parent to worker: `RunTask`, `CancelCall`. Worker to parent: `TaskDone`, `TaskFailed`, `Output`.
+Every message is a small data-only class; payloads inside are already-serialized bytes, so the
+pool itself never runs user code (no user object is unpickled in its dispatcher thread).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import itertools
+import math
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+# A chunk should keep a worker busy for about this long: long enough that sending it costs
+# little, short enough that progress moves and the last chunks finish together.
+TARGET_CHUNK_SECONDS = 0.05
+_CHUNKS_PER_WORKER = 4
+_MAX_GROWTH = 4096
+
+
+@dataclasses.dataclass(eq=False)
+class Call:
+    """One map or submit call, as a backend sees it."""
+
+    call_id: int
+    name: str  # the function's name, for messages
+    function: bytes  # serialized once for the whole call
+    digest: bytes
+    mode: str  # how an item is passed: "map" f(x), "star" f(*x), "apply" f(*args, **kwargs)
+    max_workers: int
+    deliver: Callable[[object], None]  # receives TaskDone, TaskFailed and TaskLost
+    # The caller's context: output written in it shows in the caller's notebook cell.
+    context: contextvars.Context = dataclasses.field(default_factory=contextvars.copy_context)
+    closed: bool = False  # set when the caller stops listening; later events are dropped
+
+    def write_output(self, stream: str, text: str) -> None:
+        self.context.run(_write, stream, text)
+
+
+def _write(stream: str, text: str) -> None:
+    getattr(sys, stream).write(text)
+
+
+@dataclasses.dataclass(slots=True)
+class Chunk:
+    """Items of a call sent to a worker together."""
+
+    task_id: int
+    position: int  # of its first item in the call's input
+    size: int
+    items: bytes
+    first_item: str  # a short repr, for when the worker running it dies
+
+
+@dataclasses.dataclass(slots=True)
+class RunTask:
+    task_id: int
+    call_id: int
+    digest: bytes
+    function: bytes | None  # None when the worker already holds the function with this digest
+    mode: str
+    items: bytes
+    first_position: int
+
+
+@dataclasses.dataclass(slots=True)
+class CancelCall:
+    call_id: int
+
+
+@dataclasses.dataclass(slots=True)
+class TaskDone:
+    task_id: int
+    results: bytes
+    seconds: float
+
+
+@dataclasses.dataclass(slots=True)
+class TaskFailed:
+    """A task stopped at `offset` within its chunk; `results` holds the items before it."""
+
+    task_id: int
+    offset: int
+    results: bytes
+    stage: str  # "raised" (the function raised), "result" (unsendable result), "load"
+    error: bytes | None  # the pickled exception, when it could be pickled
+    detail: str  # "Type: message", for when `error` cannot be rebuilt
+    traceback: str
+    item: str  # a short repr of the failing item
+    pid: int
+
+
+@dataclasses.dataclass(slots=True)
+class TaskLost:
+    """The worker running the task died; `error` says how."""
+
+    task_id: int
+    error: BaseException
+
+
+@dataclasses.dataclass(slots=True)
+class Output:
+    task_id: int
+    stream: str  # "stdout" or "stderr"
+    text: str
+
+
+class ItemFailed(Exception):
+    """Raised by `run_chunk` when the function raises on one item."""
+
+    def __init__(self, offset: int, results: list[Any], error: BaseException) -> None:
+        super().__init__(offset)
+        self.offset = offset
+        self.results = results
+        self.error = error
+
+
+def item_caller(func: Callable[..., Any], mode: str) -> Callable[[Any], Any]:
+    """A one-argument callable that passes an item to `func` the way `mode` says."""
+    if mode == "map":
+        return func
+    if mode == "star":
+        return lambda args: func(*args)
+    return lambda args_kwargs: func(*args_kwargs[0], **args_kwargs[1])
+
+
+def run_chunk(
+    func: Callable[..., Any], items: list[Any], mode: str, cancelled: Callable[[], bool]
+) -> list[Any]:
+    """Call `func` on each item in order; stop early if the call was cancelled.
+
+    Raises:
+        ItemFailed: the function raised; carries the item's offset and the results before it.
+    """
+    call = item_caller(func, mode)
+    results: list[Any] = []
+    append = results.append
+    try:
+        for item in items:
+            if cancelled():
+                break
+            append(call(item))
+    except BaseException as error:  # SystemExit in a task is the task's failure too
+        raise ItemFailed(len(results), results, error) from error
+    return results
+
+
+def length_hint(items: Iterable[Any]) -> int | None:
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class ChunkSizer:
+    """Chooses chunk sizes: from the item count when it is known, else from measured task time."""
+
+    def __init__(self, total: int | None, workers: int, fixed: int | None) -> None:
+        if fixed is not None:
+            self._size = fixed
+            self._adaptive = False
+        elif total is not None:
+            self._size = max(1, math.ceil(total / (workers * _CHUNKS_PER_WORKER)))
+            self._adaptive = False
+        else:
+            self._size = 1
+            self._adaptive = True
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def observe(self, items: int, seconds: float) -> None:
+        """Grow the chunk size while chunks finish much faster than the target."""
+        if self._adaptive and items >= self._size and seconds < TARGET_CHUNK_SECONDS / 2:
+            self._size = min(self._size * 2, _MAX_GROWTH)
+
+
+def chunks(items: Iterable[Any], sizer: ChunkSizer) -> Iterator[tuple[int, list[Any]]]:
+    """(position of the first item, items) pairs, read lazily from `items`."""
+    iterator = iter(items)
+    position = 0
+    while True:
+        chunk = list(itertools.islice(iterator, sizer.size))
+        if not chunk:
+            return
+        yield position, chunk
+        position += len(chunk)

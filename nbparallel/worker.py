@@ -1,0 +1,218 @@
+"""The worker process: runs chunks for the pool, and exits the moment the pool's process is gone.
+
+Started by `backends.process` as a fresh interpreter (never a fork of the kernel, and never a
+re-import of the user's script), with one socket to the pool. Two threads:
+- the *reader* reads every message as it arrives, so a cancel is seen while a task runs, and
+  exits the process (`os._exit`) when the socket reaches EOF: the pool's process has died,
+  however it died (restart, crash, SIGKILL), since only that process holds the other end;
+- the main thread runs tasks in order and sends results, printed output on the way.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from multiprocess.connection import Connection
+
+from . import errors, serialize, tasks
+
+# Functions a worker keeps, by digest; the pool mirrors this cache to know what to send again.
+FUNCTION_CACHE_SIZE = 16
+_CANCELLED_REMEMBERED = 64
+
+
+class FunctionCache:
+    """A least-recently-used cache of a worker's functions, updated in the order tasks arrive.
+
+    The pool keeps an identical one per worker (same size, same order of updates), so it knows
+    without asking whether a worker still holds a function.
+    """
+
+    def __init__(self) -> None:
+        self._entries: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+
+    def __contains__(self, digest: bytes) -> bool:
+        return digest in self._entries
+
+    def touch(self, digest: bytes, value: Any = None) -> None:
+        if value is not None or digest not in self._entries:
+            self._entries[digest] = value
+        self._entries.move_to_end(digest)
+        while len(self._entries) > FUNCTION_CACHE_SIZE:
+            self._entries.popitem(last=False)
+
+    def get(self, digest: bytes) -> Any:
+        return self._entries[digest]
+
+
+class _Sender:
+    """Sends messages to the pool; a lock, since task code may print from its own threads."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.task_id = 0
+
+    def send(self, message: object) -> None:
+        data = pickle.dumps(message, protocol=serialize.PROTOCOL)
+        with self._lock:
+            self._conn.send_bytes(data)
+
+
+class _ForwardedStream:
+    """sys.stdout/sys.stderr of a worker: whole lines go to the notebook cell that made the call."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, sender: _Sender, name: str) -> None:
+        self._sender = sender
+        self._name = name
+        self._buffer: list[str] = []
+
+    def write(self, text: str) -> int:
+        self._buffer.append(text)
+        if "\n" in text:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buffer:
+            text = "".join(self._buffer)
+            self._buffer.clear()
+            self._sender.send(tasks.Output(self._sender.task_id, self._name, text))
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+def _read_forever(conn: Connection, inbox: queue.SimpleQueue[Any], cancelled: collections.deque[int]) -> None:
+    try:
+        while True:
+            message = pickle.loads(conn.recv_bytes())
+            if isinstance(message, tasks.CancelCall):
+                cancelled.append(message.call_id)
+            else:
+                inbox.put(message)
+    except (EOFError, OSError):
+        pass
+    # The pool is gone: nobody wants our results. Exit now, even in the middle of a task.
+    os._exit(0)
+
+
+def _format_traceback(error: BaseException) -> str:
+    """The traceback of a task's exception, without nbparallel's own frames."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == tasks.__file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
+def _pickled_exception(error: BaseException) -> bytes | None:
+    """The exception as bytes, if the pool will be able to rebuild it; else None."""
+    try:
+        data = serialize.dumps(error)
+        serialize.loads(data)
+        return data
+    except Exception:
+        return None
+
+
+def _failure(task: tasks.RunTask, stage: str, offset: int, items: list[Any], results: list[Any],
+             error: BaseException) -> tasks.TaskFailed:
+    try:
+        done = serialize.dumps(results)
+    except Exception:
+        done = serialize.dumps([])
+    return tasks.TaskFailed(
+        task_id=task.task_id,
+        offset=offset,
+        results=done,
+        stage=stage,
+        error=_pickled_exception(error),
+        detail=f"{type(error).__name__}: {error}",
+        traceback=_format_traceback(error),
+        item=errors.short_repr(items[offset]) if offset < len(items) else "",
+        pid=os.getpid(),
+    )
+
+
+def _run(task: tasks.RunTask, functions: FunctionCache, cancelled: Callable[[], bool]) -> object:
+    """Run one task; the message to send back."""
+    items: list[Any] = []
+    try:
+        func = functions.get(task.digest)
+        if func is None:
+            raise RuntimeError("nbparallel internal error: the pool did not send the function")
+        if isinstance(func, bytes):
+            func = serialize.load_function(func)
+            functions.touch(task.digest, func)
+        serialize.set_receiver_namespace(getattr(func, "__globals__", None))
+        items = serialize.loads(task.items)
+    except BaseException as error:
+        return _failure(task, "load", 0, items, [], error)
+    start = time.perf_counter()
+    try:
+        results = tasks.run_chunk(func, items, task.mode, cancelled)
+    except tasks.ItemFailed as failed:
+        return _failure(task, "raised", failed.offset, items, failed.results, failed.error)
+    seconds = time.perf_counter() - start
+    try:
+        return tasks.TaskDone(task.task_id, serialize.dumps(results), seconds)
+    except Exception as error:
+        offset = _first_unsendable(results)
+        return _failure(task, "result", offset, items, results[:offset], error)
+
+
+def _first_unsendable(results: list[Any]) -> int:
+    for offset, result in enumerate(results):
+        try:
+            serialize.dumps(result)
+        except Exception:
+            return offset
+    return 0
+
+
+def main() -> None:
+    """Entry point of a worker process: `python -c ... <socket fd>`."""
+    # The kernel's interrupt (SIGINT to its whole process group) is for the kernel: the pool
+    # decides which tasks to stop, and stops their workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(int(sys.argv[1]))
+    config = pickle.loads(conn.recv_bytes())
+    sys.path[:] = config["sys_path"]
+
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    cancelled: collections.deque[int] = collections.deque(maxlen=_CANCELLED_REMEMBERED)
+    threading.Thread(
+        target=_read_forever, args=(conn, inbox, cancelled), name="nbparallel-reader", daemon=True
+    ).start()
+
+    sender = _Sender(conn)
+    stdout, stderr = _ForwardedStream(sender, "stdout"), _ForwardedStream(sender, "stderr")
+    sys.stdout, sys.stderr = stdout, stderr  # type: ignore[assignment]
+    functions = FunctionCache()
+    while True:
+        task: tasks.RunTask = inbox.get()
+        functions.touch(task.digest, task.function)
+        sender.task_id = task.task_id
+        if task.call_id in cancelled:
+            reply: object = tasks.TaskDone(task.task_id, serialize.dumps([]), 0.0)
+        else:
+            reply = _run(task, functions, lambda: task.call_id in cancelled)
+        stdout.flush()
+        stderr.flush()
+        sender.send(reply)
