@@ -33,8 +33,10 @@ from multiprocess.connection import Connection, Pipe, wait
 from .. import errors, serialize, tasks
 from ..worker import FunctionCache
 
-# Tasks sent to a worker ahead of time, so it never waits for the next one.
-_TASKS_PER_WORKER = 2
+# A worker whose last task took less than this gets its next task queued behind the running one,
+# so it never idles for a round trip. Slower workers get one task at a time: a task queued
+# behind a long one would wait while another worker sits idle.
+_PREFETCH_BELOW_SECONDS = 0.01
 _EXIT_WAIT_SECONDS = 2.0
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOT = f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from nbparallel.worker import main; main()"
@@ -58,7 +60,15 @@ class _Worker:
     )
     functions: FunctionCache = dataclasses.field(default_factory=FunctionCache)
     tasks_done: int = 0
+    fast_call_id: int = 0  # the call whose last task on this worker was short, if any
     retiring: bool = False
+
+    def has_room(self) -> bool:
+        if self.retiring:
+            return False
+        return not self.inflight or (
+            len(self.inflight) == 1 and self.inflight[0][0].call_id == self.fast_call_id
+        )
 
     @property
     def pid(self) -> int:
@@ -236,8 +246,7 @@ class ProcessPool:
         serving = sum(any(c is call for c, _ in w.inflight) for w in self._workers.values())
         candidates = [
             w for w in self._workers.values()
-            if not w.retiring and len(w.inflight) < _TASKS_PER_WORKER
-            and (serving < call.max_workers or any(c is call for c, _ in w.inflight))
+            if w.has_room() and (serving < call.max_workers or any(c is call for c, _ in w.inflight))
         ]
         return min(candidates, key=lambda w: len(w.inflight), default=None)
 
@@ -263,6 +272,8 @@ class ProcessPool:
             else:
                 worker.inflight.popleft()
                 worker.tasks_done += 1
+                short = getattr(message, "seconds", _PREFETCH_BELOW_SECONDS) < _PREFETCH_BELOW_SECONDS
+                worker.fast_call_id = call.call_id if short else 0
                 if worker.retiring and not worker.inflight:
                     self._retire_extra()
                 deliver = call.deliver

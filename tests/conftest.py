@@ -1,0 +1,77 @@
+"""Shared fixtures: every test is bounded (pytest-timeout) and leaves no child process behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from nbparallel import Parallel, parallel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(condition, timeout: float = 10.0, interval: float = 0.02):
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {condition}")
+        time.sleep(interval)
+
+
+def children() -> set[tuple[int, float]]:
+    """This process's descendants, as (pid, creation time): a pid alone can be reused."""
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            found.add((child.pid, child.create_time()))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes():
+    """After each test, the only processes left are the session pool's own workers."""
+    before = children()
+    yield
+    allowed = {w.pid for w in parallel.status().workers}
+    wait_until(lambda: {p for p in children() - before if p[0] not in allowed} == set(), timeout=10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pool_ends_with_the_session():
+    """Shutting the session's pool down leaves no child process at all."""
+    yield
+    parallel.shutdown()
+    wait_until(lambda: not children(), timeout=10)
+
+
+@pytest.fixture
+def session():
+    """A separate `Parallel` session (own pool, no progress bars), shut down after the test."""
+    own = Parallel()
+    own.configure(progress=False)
+    yield own
+    own.shutdown()
+
+
+def run_script(code: str, tmp_path: Path, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run `code` as a real `__main__` script (no guard) in a fresh interpreter."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=timeout,
+        cwd=tmp_path, env=env, **kwargs,
+    )

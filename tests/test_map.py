@@ -1,0 +1,150 @@
+"""parallel.map and friends, in this process: order, streaming, reuse, decorator forms."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import os
+import time
+
+import psutil
+import pytest
+
+from nbparallel import parallel
+
+from .conftest import wait_until
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    parallel.configure(progress=False)
+    yield
+    parallel.configure(progress=True)
+
+
+def test_map_returns_results_in_input_order():
+    assert parallel.map(lambda x: x * x, range(1000)) == [x * x for x in range(1000)]
+
+
+def test_empty_input_returns_empty_list_without_starting_workers(session):
+    assert session.map(lambda x: x, []) == []
+    assert session.status().workers == []
+
+
+def test_workers_are_reused_across_calls():
+    """100 calls run on the same worker processes: the pool starts once."""
+    pids = set()
+    for _ in range(100):
+        pids.update(parallel.map(lambda _: os.getpid(), range(4), chunksize=1))
+    assert pids <= {w.pid for w in parallel.status().workers}
+    assert os.getpid() not in pids
+
+
+def test_decorator_keeps_name_docstring_signature_and_plain_function():
+    @parallel.map
+    def score(row: int, scale: int = 2) -> int:
+        """Score one row."""
+        return row * scale
+
+    assert score.__name__ == "score"
+    assert score.__doc__ == "Score one row."
+    assert inspect.signature(score) == inspect.signature(score.func)
+    assert list(inspect.signature(score).parameters) == ["row", "scale"]
+    assert score.func(3) == 6
+    assert score(range(5)) == [0, 2, 4, 6, 8]
+
+
+def test_decorator_with_options_applies_them():
+    @parallel.map(workers=1, chunksize=64, progress=False)
+    def where(_):
+        return os.getpid()
+
+    assert len(set(where(range(200)))) == 1
+
+
+def test_chunksize_keeps_items_together():
+    """With chunksize equal to the item count, one worker runs every item."""
+    assert len(set(parallel.map(lambda _: os.getpid(), range(50), chunksize=50))) == 1
+
+
+def test_imap_yields_in_order_and_reads_input_lazily():
+    pulled = []
+
+    def endless():
+        for n in itertools.count():
+            pulled.append(n)
+            yield n
+
+    results = parallel.imap(lambda x: x + 1, endless(), chunksize=1)
+    assert list(itertools.islice(results, 10)) == list(range(1, 11))
+    results.close()
+    # The window is two chunks per worker: the input is never read far ahead of the results.
+    assert len(pulled) <= 10 + 2 * parallel.options.worker_count + 1
+
+
+def test_imap_unordered_yields_as_tasks_finish():
+    def slow_first(x):
+        if x == 0:
+            time.sleep(1.0)  # the workload: item 0 is slow
+        return x
+
+    order = list(parallel.imap_unordered(slow_first, range(6), chunksize=1))
+    assert sorted(order) == list(range(6))
+    assert order[-1] == 0
+
+
+def test_starmap_unpacks_argument_tuples():
+    assert parallel.starmap(lambda a, b: a - b, [(5, 1), (7, 2)]) == [4, 5]
+
+
+def test_starmap_rejects_items_that_are_not_tuples():
+    with pytest.raises(TypeError, match="item 1 is int"):
+        parallel.starmap(lambda a, b: a, [(1, 2), 3])
+
+
+def test_submit_returns_a_future():
+    future = parallel.submit(lambda a, b=0: a ** 2 + b, 7, b=1)
+    assert future.result(timeout=30) == 50
+
+
+def test_submit_future_carries_the_exception():
+    future = parallel.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        future.result(timeout=30)
+
+
+def test_print_inside_a_task_reaches_the_callers_stdout(capsys):
+    parallel.map(lambda x: print(f"line {x}"), range(3), chunksize=1, workers=1)
+    assert capsys.readouterr().out.splitlines() == ["line 0", "line 1", "line 2"]
+
+
+def test_progress_bar_by_default_shows_total(capsys):
+    parallel.map(lambda x: x, range(10), progress=True)
+    assert "10/10" in capsys.readouterr().err
+
+
+def test_nested_map_in_a_task_runs_serially_in_that_worker():
+    def outer(x):
+        from nbparallel import parallel as inner
+
+        return inner.map(lambda y: (y, os.getpid()), range(x))
+
+    for result in parallel.map(outer, [2, 3]):
+        assert len({pid for _, pid in result}) == 1
+
+
+def test_configure_sets_session_workers(session):
+    session.configure(workers=1)
+    assert len(set(session.map(lambda _: os.getpid(), range(20), chunksize=1))) == 1
+    assert len(session.status().workers) == 1
+    session.configure(workers=2)
+    wait_until(lambda: len(session.status().workers) == 2)
+
+
+def test_shutdown_stops_workers_and_next_call_starts_fresh(session):
+    first = set(session.map(lambda _: os.getpid(), range(4), chunksize=1))
+    session.shutdown()
+    assert session.status().workers == []
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in first)
+    second = set(session.map(lambda _: os.getpid(), range(4), chunksize=1))
+    assert first.isdisjoint(second)

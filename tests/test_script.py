@@ -1,0 +1,153 @@
+"""Code from a real `__main__` (a script with no guard): what a notebook cell defines behaves the same."""
+
+from __future__ import annotations
+
+import json
+
+
+from .conftest import run_script
+
+
+def run_json(code: str, tmp_path):
+    result = run_script(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1]), result
+
+
+def test_script_without_main_guard_runs_lambdas_closures_and_helpers(tmp_path):
+    out, result = run_json(
+        """
+        import json
+        from nbparallel import parallel
+        parallel.configure(progress=False)
+
+        offset = 100
+        def helper(x):
+            return x + offset
+        def make_scaler(k):
+            return lambda x: helper(x) * k
+
+        out = {
+            "lambda": parallel.map(lambda x: helper(x), range(3)),
+            "closure": parallel.map(make_scaler(2), range(3)),
+        }
+        print(json.dumps(out))
+        """,
+        tmp_path,
+    )
+    assert out == {"lambda": [100, 101, 102], "closure": [200, 202, 204]}
+    assert "bootstrapping" not in result.stderr
+
+
+def test_workers_see_globals_as_they_are_now(tmp_path):
+    out, _ = run_json(
+        """
+        import json
+        from nbparallel import parallel
+        parallel.configure(progress=False)
+
+        weight = 1
+        def score(x):
+            return x * weight
+        first = parallel.map(score, range(4))
+        weight = 10                      # a later cell changes a global
+        second = parallel.map(score, range(4))
+        def late(x):                      # defined after the pool started
+            return -x
+        third = parallel.map(late, range(4))
+        print(json.dumps([first, second, third]))
+        """,
+        tmp_path,
+    )
+    assert out == [[0, 1, 2, 3], [0, 10, 20, 30], [0, -1, -2, -3]]
+
+
+def test_notebook_classes_and_exceptions_keep_their_identity(tmp_path):
+    out, _ = run_json(
+        """
+        import json
+        from dataclasses import dataclass
+        from nbparallel import parallel
+        parallel.configure(progress=False)
+
+        @dataclass
+        class Point:
+            x: int
+            y: int
+
+        class BadPoint(ValueError):
+            pass
+
+        def flip(p):
+            if p.x < 0:
+                raise BadPoint(f"negative x in {p}")
+            return Point(p.y, p.x), isinstance(p, Point)
+
+        results = parallel.map(flip, [Point(1, 2), Point(3, 4)])
+        try:
+            parallel.map(flip, [Point(-1, 0)])
+            caught = "nothing"
+        except BadPoint as error:
+            caught = str(error)
+        print(json.dumps({
+            "values": [[p.x, p.y] for p, _ in results],
+            "isinstance_in_worker": [inside for _, inside in results],
+            "isinstance_in_main": all(isinstance(p, Point) for p, _ in results),
+            "caught": caught,
+        }))
+        """,
+        tmp_path,
+    )
+    assert out == {
+        "values": [[2, 1], [4, 3]],
+        "isinstance_in_worker": [True, True],
+        "isinstance_in_main": True,
+        "caught": "negative x in Point(x=-1, y=0)",
+    }
+
+
+def test_remote_traceback_shows_the_scripts_source_line(tmp_path):
+    result = run_script(
+        """
+        from nbparallel import parallel
+        def parse(text):
+            return int(text)   # the failing line
+        parallel.map(parse, ["1", "two"], progress=False)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 1
+    assert "return int(text)   # the failing line" in result.stderr
+    assert "ValueError: invalid literal for int() with base 10: 'two'" in result.stderr
+    assert "item 1: 'two'" in result.stderr
+
+
+def test_progress_text_goes_to_stderr_with_the_total(tmp_path):
+    result = run_script(
+        """
+        from nbparallel import parallel
+        print(sum(parallel.map(lambda x: x, range(50))))
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1225"
+    assert "50/50" in result.stderr
+
+
+def test_interpreter_exit_leaves_no_worker_behind(tmp_path):
+    out, _ = run_json(
+        """
+        import json
+        from nbparallel import parallel
+        pids = [w.pid for w in (parallel.map(lambda x: x, range(4), progress=False) and parallel.status().workers)]
+        print(json.dumps(pids))
+        """,
+        tmp_path,
+    )
+    import psutil
+
+    from .conftest import wait_until
+
+    assert out
+    wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in out))
