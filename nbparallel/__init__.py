@@ -10,6 +10,7 @@ run on a persistent pool of worker processes that never outlives its kernel.
 from __future__ import annotations
 
 import atexit
+from typing import Any
 
 from .api import Parallel, ParallelFunction, PoolStatus
 from .errors import (
@@ -39,3 +40,27 @@ __version__ = "0.1.0"
 
 parallel = Parallel()
 atexit.register(parallel.shutdown)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext nbparallel`: the magics, `parallel` in the namespace, and a sweep of orphans."""
+    from . import lifecycle
+    from .magics import ParallelMagics
+
+    ipython.register_magics(ParallelMagics(ipython, parallel))
+    ipython.push({"parallel": parallel})
+    stopped = lifecycle.reap_orphans()
+    if stopped:
+        print(f"nbparallel: stopped {stopped} worker process{'es' if stopped > 1 else ''} left "
+              f"behind by a kernel that is gone")
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """`%unload_ext nbparallel`: remove the magics and `parallel`, and stop the workers."""
+    magics = ipython.magics_manager.magics
+    for kind in ("line", "cell"):
+        magics[kind].pop("parallel", None)
+    ipython.magics_manager.registry.pop("ParallelMagics", None)
+    if ipython.user_ns.get("parallel") is parallel:
+        del ipython.user_ns["parallel"]
+    parallel.shutdown()

@@ -7,6 +7,7 @@ every call), and hands each call to `calls`.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -55,6 +56,8 @@ class Parallel:
         self._options = Options()
         self._backend: backends.Backend | None = None
         self._lock = threading.Lock()
+        self._partial: dict[int, Any] = {}
+        self._setup_count = 0
 
     # --- session ------------------------------------------------------------------------
 
@@ -83,8 +86,34 @@ class Parallel:
         backend = self._backend
         return PoolStatus(backend.status() if backend is not None else [])
 
+    def restart(self) -> None:
+        """Replace every worker with a fresh process; every-worker setup code runs again."""
+        if self._backend is not None:
+            self._backend.restart()
+
+    def run_on_every_worker(self, source: str, namespace: dict[str, Any] | None = None) -> int:
+        """Run Python `source` once in every worker, and first thing in each worker started later.
+
+        For imports, loading a model, opening a connection: names it defines are available to
+        later tasks in that worker (where the notebook has no variable of that name). Notebook
+        variables it reads come from `namespace` (default: `__main__`). Returns how many workers
+        ran it; raises the first worker's exception.
+        """
+        namespace = vars(sys.modules["__main__"]) if namespace is None else namespace
+        self._setup_count += 1
+        filename = f"<every-worker cell {self._setup_count}>"
+        options = self._options
+        return calls.run_setup(lambda: self._get_backend(options), source, namespace, filename)
+
+    def partial_results(self) -> dict[int, Any]:
+        """Results that finished before the most recent failed or interrupted call stopped.
+
+        By input position; for `imap`, only those not yet yielded. Kept until another call fails.
+        """
+        return dict(sorted(self._partial.items()))
+
     def shutdown(self) -> None:
-        """Stop all workers now. The next call starts a fresh pool."""
+        """Stop all workers now (every-worker setup is forgotten). The next call starts a fresh pool."""
         with self._lock:
             backend, self._backend = self._backend, None
         if backend is not None:
@@ -104,7 +133,7 @@ class Parallel:
         """
         if items is _NO_ITEMS:
             return self._decorator(func, options)
-        return list(self._stream(func, items, options, "map", True))
+        return self._collect(func, items, options, "map")
 
     def imap(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> Iterator[Any]:
         """Results one by one in input order, as soon as each is ready; reads the input lazily."""
@@ -116,7 +145,7 @@ class Parallel:
 
     def starmap(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> list[Any]:
         """`func(*args)` for every tuple of arguments: a list in input order."""
-        return list(self._stream(func, items, options, "star", True))
+        return self._collect(func, items, options, "star")
 
     def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run `func(*args, **kwargs)` on a worker; returns a `concurrent.futures.Future`."""
@@ -124,9 +153,20 @@ class Parallel:
         return calls.submit(lambda: self._get_backend(options), func, args, kwargs, options)
 
     def _stream(self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str,
-                ordered: bool) -> Iterator[Any]:
+                ordered: bool, collected: list[Any] | None = None) -> Iterator[Any]:
         options = self._options.merged(**overrides)
-        return calls.stream(lambda: self._get_backend(options), func, items, options, mode, ordered)
+
+        def keep_partial(unyielded: dict[int, Any]) -> None:
+            self._partial = {**dict(enumerate(collected or ())), **unyielded}
+
+        return calls.stream(lambda: self._get_backend(options), func, items, options, mode, ordered,
+                            keep_partial)
+
+    def _collect(self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str) -> list[Any]:
+        results: list[Any] = []
+        # extend() keeps what was yielded before a failure: keep_partial reads it from `results`.
+        results.extend(self._stream(func, items, overrides, mode, True, collected=results))
+        return results
 
     def _decorator(self, func: Any, options: dict[str, Any]) -> Any:
         self._options.merged(**options)  # bad options fail at decoration time

@@ -6,9 +6,10 @@ or into the user's own exception, and cancel what is left when the caller stops 
 from __future__ import annotations
 
 import collections
-import itertools
+import linecache
 import os
 import queue
+import types
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -21,7 +22,6 @@ from .progress import Progress
 # Chunks submitted but not yet handed to the caller, per worker: enough to keep every worker
 # fed, few enough that a huge or endless input is never read far ahead of the workers.
 _WINDOW_PER_WORKER = 2
-_next_id = itertools.count(1).__next__
 
 
 def in_worker() -> bool:
@@ -37,8 +37,12 @@ def check_function(func: object) -> None:
 def stream(
     backend: Callable[[], Backend], func: Callable[..., Any], items: Iterable[Any], options: Options,
     mode: str = "map", ordered: bool = True,
+    keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
 ) -> Iterator[Any]:
     """Results of `func` over `items`. Checks everything before returning; runs lazily after.
+
+    If the call fails or is interrupted, results that finished but were not yet yielded are
+    handed to `keep_partial`, by input position, so that nothing computed is lost.
 
     Raises (at once): TypeError for a non-callable or non-iterable; UnsendableError for a
     function that cannot be sent. Raises (while iterating): the function's own exception.
@@ -54,7 +58,8 @@ def stream(
         call_item = tasks.item_caller(func, mode)
         return (call_item(item) for item in iterator)
     payload = serialize.dump_function(func)
-    return _run(backend, payload, iterator, tasks.length_hint(items), options, mode, ordered)
+    return _run(backend, payload, iterator, tasks.length_hint(items), options, mode, ordered,
+                keep_partial)
 
 
 def _checked_tuples(items: Iterator[Any]) -> Iterator[Any]:
@@ -67,10 +72,11 @@ def _checked_tuples(items: Iterator[Any]) -> Iterator[Any]:
 def _run(
     get_backend: Callable[[], Backend], payload: serialize.FunctionPayload, items: Iterator[Any],
     total: int | None, options: Options, mode: str, ordered: bool,
+    keep_partial: Callable[[dict[int, Any]], None],
 ) -> Iterator[Any]:
     workers = options.worker_count
     events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    call = tasks.Call(_next_id(), payload.name, payload.data, payload.digest, mode, workers, events.put)
+    call = tasks.Call(tasks.next_id(), payload.name, payload.data, payload.digest, mode, workers, events.put)
     sizer = tasks.ChunkSizer(total, workers, options.chunksize)
     pieces = tasks.chunks(items, sizer)
     window = workers * _WINDOW_PER_WORKER
@@ -89,7 +95,7 @@ def _run(
                     break
                 position, chunk_items = piece
                 chunk = tasks.Chunk(
-                    _next_id(), position, len(chunk_items),
+                    tasks.next_id(), position, len(chunk_items),
                     serialize.dump_chunk(chunk_items, position), errors.short_repr(chunk_items[0]),
                 )
                 backend = backend or get_backend()
@@ -99,7 +105,7 @@ def _run(
                 break
             event = events.get()
             chunk = submitted[event.task_id]
-            results = outcome(call, chunk, event)
+            results = outcome(call, chunk.position, event)
             sizer.observe(chunk.size, event.seconds)
             progress.update(chunk.size)
             if not ordered:
@@ -116,20 +122,26 @@ def _run(
             backend.cancel(call, stop_running=True)
         raise
     finally:
-        if not ok and backend is not None and not call.closed:
-            backend.cancel(call, stop_running=False)
+        if not ok:
+            if backend is not None and not call.closed:
+                backend.cancel(call, stop_running=False)
+            keep_partial({
+                position: result
+                for task_id, results in finished.items()
+                for position, result in enumerate(results, submitted[task_id].position)
+            })
         call.closed = True
         progress.close(ok)
 
 
-def outcome(call: tasks.Call, chunk: tasks.Chunk, event: object) -> list[Any]:
+def outcome(call: tasks.Call, first_position: int, event: object) -> list[Any]:
     """The results a worker event carries, or the exception it stands for, raised."""
     if isinstance(event, tasks.TaskDone):
         return serialize.loads(event.results)  # type: ignore[no-any-return]
     if isinstance(event, tasks.TaskLost):
         raise event.error
     assert isinstance(event, tasks.TaskFailed)
-    position = chunk.position + event.offset
+    position = first_position + event.offset
     remote = errors.RemoteTraceback(f'\n"""\n{event.traceback}"""')
     error = serialize.loads(event.error) if event.error is not None else None
     if event.stage == "result":
@@ -138,7 +150,7 @@ def outcome(call: tasks.Call, chunk: tasks.Chunk, event: object) -> list[Any]:
         raise errors.unloadable_exception(call.name, position, event.item, event.detail) from remote
     if event.stage == "load" and isinstance(error, ModuleNotFoundError) and error.name:
         raise errors.missing_module(call.name, error.name) from remote
-    if hasattr(error, "add_note"):
+    if hasattr(error, "add_note") and call.mode != "setup":
         error.add_note(errors.item_note(position, event.item, event.pid))
     raise error from remote
 
@@ -158,19 +170,51 @@ def submit(
         return future
     payload = serialize.dump_function(func)
     chunk = tasks.Chunk(
-        _next_id(), 0, 1, serialize.dump_chunk([(args, kwargs)], 0), errors.short_repr(args)
+        tasks.next_id(), 0, 1, serialize.dump_chunk([(args, kwargs)], 0), errors.short_repr(args)
     )
 
     def deliver(event: object) -> None:
         if not future.set_running_or_notify_cancel():
             return
         try:
-            future.set_result(outcome(call, chunk, event)[0])
+            future.set_result(outcome(call, 0, event)[0])
         except BaseException as error:
             future.set_exception(error)
 
-    call = tasks.Call(_next_id(), payload.name, payload.data, payload.digest, "apply", 1, deliver)
+    call = tasks.Call(tasks.next_id(), payload.name, payload.data, payload.digest, "apply", 1, deliver)
     backend = get_backend()
     future.add_done_callback(lambda f: f.cancelled() and backend.cancel(call, stop_running=True))
     backend.submit(call, chunk)
     return future
+
+
+def run_setup(get_backend: Callable[[], Backend], source: str, namespace: dict[str, Any], filename: str) -> int:
+    """Run `source` in every worker (and in each worker started later); how many ran it.
+
+    The code reads notebook variables from `namespace` (they are sent along, checked like a
+    function's captures); what it defines stays in the workers. Raises the first failure.
+    """
+    if in_worker():
+        raise errors.nested_setup()
+    code = compile(source, filename, "exec")
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    used = {name: namespace[name] for name in serialize.global_names(code) if name in namespace}
+    carrier = types.FunctionType(code, {"__name__": "__main__", **used}, "every-worker cell")
+    carrier.__qualname__ = carrier.__name__
+    payload = serialize.dump_function(carrier)
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    call = tasks.Call(tasks.next_id(), payload.name, payload.data, payload.digest, "setup", 0, events.put)
+    backend = get_backend()
+    count = backend.run_on_every_worker(call, serialize.dump_chunk([used], 0))
+    try:
+        for _ in range(count):
+            outcome(call, 0, events.get())
+    except KeyboardInterrupt:
+        backend.cancel(call, stop_running=True)
+        raise
+    except BaseException:
+        backend.cancel(call, stop_running=False)
+        raise
+    finally:
+        call.closed = True
+    return count

@@ -182,5 +182,12 @@ def not_a_tuple(position: int, item: object) -> TypeError:
     )
 
 
+def nested_setup() -> NbParallelError:
+    return NbParallelError(
+        "%%parallel --every-worker cannot run inside a task: it sets up the pool's workers, "
+        "and a task runs in one of them. Run it in the notebook."
+    )
+
+
 def pool_shut_down() -> NbParallelError:
     return NbParallelError("the pool was shut down while this call was running.")

@@ -170,7 +170,7 @@ def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
             yield from _code_objects(const)
 
 
-def _global_names(code: types.CodeType) -> set[str]:
+def global_names(code: types.CodeType) -> set[str]:
     """Names the code reads as globals (not attribute names, which share co_names)."""
     return {
         ins.argval
@@ -189,7 +189,7 @@ def _direct_captures(obj: object) -> Iterator[tuple[str, object]]:
                 yield name, cell.cell_contents
             except ValueError:  # an empty cell: the variable is not assigned yet
                 continue
-        for name in sorted(_global_names(code)):
+        for name in sorted(global_names(code)):
             if name in obj.__globals__:
                 yield name, obj.__globals__[name]
         for index, value in enumerate(obj.__defaults__ or ()):

@@ -1,6 +1,6 @@
 """Chunks, the messages between the pool and its workers, and `run_chunk`, shared by every backend.
 
-Parent to worker: `RunTask`, `CancelCall`. Worker to parent: `TaskDone`, `TaskFailed`, `Output`.
+Parent to worker: `RunTask`, `CancelCall`, `StopWorker`. Worker to parent: `TaskDone`, `TaskFailed`, `Output`.
 Every message is a small data-only class; payloads inside are already-serialized bytes, so the
 pool itself never runs user code (no user object is unpickled in its dispatcher thread).
 """
@@ -14,6 +14,8 @@ import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+next_id = itertools.count(1).__next__  # ids of calls and tasks, unique in this process
 
 # A chunk should keep a worker busy for about this long: long enough that sending it costs
 # little, short enough that progress moves and the last chunks finish together.
@@ -30,7 +32,9 @@ class Call:
     name: str  # the function's name, for messages
     function: bytes  # serialized once for the whole call
     digest: bytes
-    mode: str  # how an item is passed: "map" f(x), "star" f(*x), "apply" f(*args, **kwargs)
+    # How an item is passed: "map" f(x), "star" f(*x), "apply" f(*args, **kwargs); "setup" runs
+    # the function's code in the worker's own namespace, where later tasks find what it defines.
+    mode: str
     max_workers: int
     deliver: Callable[[object], None]  # receives TaskDone, TaskFailed and TaskLost
     # The caller's context: output written in it shows in the caller's notebook cell.
@@ -70,6 +74,11 @@ class RunTask:
 @dataclasses.dataclass(slots=True)
 class CancelCall:
     call_id: int
+
+
+@dataclasses.dataclass(slots=True)
+class StopWorker:
+    """Exit once the tasks before this message are done (the pool is shrinking)."""
 
 
 @dataclasses.dataclass(slots=True)

@@ -116,7 +116,7 @@ def _read_forever(conn: Connection, inbox: queue.SimpleQueue[Any], cancelled: co
 def _format_traceback(error: BaseException) -> str:
     """The traceback of a task's exception, without nbparallel's own frames."""
     tb = error.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == tasks.__file__:
+    while tb is not None and tb.tb_frame.f_code.co_filename in (tasks.__file__, __file__):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(error), error, tb))
 
@@ -150,7 +150,36 @@ def _failure(task: tasks.RunTask, stage: str, offset: int, items: list[Any], res
     )
 
 
-def _run(task: tasks.RunTask, functions: FunctionCache, cancelled: Callable[[], bool]) -> object:
+class _SetupNamespace:
+    """What `%%parallel --every-worker` cells defined in this worker, offered to later tasks.
+
+    A task's function arrives with its own globals (what it captured in the notebook); names it
+    uses that the notebook does not have are taken from here.
+    """
+
+    _MARK = "__nbparallel_setup_generation__"  # kept in a function's globals: merged up to here
+
+    def __init__(self) -> None:
+        self.names: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+        self.generation = 0
+
+    def run(self, cell: Any, notebook_values: dict[str, Any]) -> None:
+        """Run a cell's code here, with the notebook variables it reads."""
+        self.names.update(notebook_values)
+        exec(cell.__code__, self.names)
+        self.generation += 1
+
+    def offer(self, func: Any) -> None:
+        namespace = getattr(func, "__globals__", None)
+        if namespace is None or namespace.get(self._MARK, 0) == self.generation:
+            return
+        for name, value in self.names.items():
+            namespace.setdefault(name, value)
+        namespace[self._MARK] = self.generation
+
+
+def _run(task: tasks.RunTask, functions: FunctionCache, setup: _SetupNamespace,
+         cancelled: Callable[[], bool]) -> object:
     """Run one task; the message to send back."""
     items: list[Any] = []
     try:
@@ -166,7 +195,11 @@ def _run(task: tasks.RunTask, functions: FunctionCache, cancelled: Callable[[], 
         return _failure(task, "load", 0, items, [], error)
     start = time.perf_counter()
     try:
-        results = tasks.run_chunk(func, items, task.mode, cancelled)
+        if task.mode == "setup":
+            results = tasks.run_chunk(lambda values: setup.run(func, values), items, "map", cancelled)
+        else:
+            setup.offer(func)
+            results = tasks.run_chunk(func, items, task.mode, cancelled)
     except tasks.ItemFailed as failed:
         return _failure(task, "raised", failed.offset, items, failed.results, failed.error)
     seconds = time.perf_counter() - start
@@ -205,14 +238,17 @@ def main() -> None:
     stdout, stderr = _ForwardedStream(sender, "stdout"), _ForwardedStream(sender, "stderr")
     sys.stdout, sys.stderr = stdout, stderr  # type: ignore[assignment]
     functions = FunctionCache()
+    setup = _SetupNamespace()
     while True:
-        task: tasks.RunTask = inbox.get()
+        task: tasks.RunTask | tasks.StopWorker = inbox.get()
+        if isinstance(task, tasks.StopWorker):
+            return
         functions.touch(task.digest, task.function)
         sender.task_id = task.task_id
         if task.call_id in cancelled:
             reply: object = tasks.TaskDone(task.task_id, serialize.dumps([]), 0.0)
         else:
-            reply = _run(task, functions, lambda: task.call_id in cancelled)
+            reply = _run(task, functions, setup, lambda: task.call_id in cancelled)
         stdout.flush()
         stderr.flush()
         sender.send(reply)

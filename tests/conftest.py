@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -15,6 +17,8 @@ import pytest
 from nbparallel import Parallel, parallel
 
 ROOT = Path(__file__).resolve().parent.parent
+# Worker records of this run (and of the kernels and scripts it starts) stay out of the user's.
+os.environ["NBPARALLEL_STATE_DIR"] = tempfile.mkdtemp(prefix="nbparallel-test-state-")
 
 
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.02):
@@ -40,13 +44,28 @@ def children() -> set[tuple[int, float]]:
     return found
 
 
+def leaked(before: set[tuple[int, float]]) -> set[tuple[int, float]]:
+    """Processes started since `before` that are neither the session pool's workers nor
+    descendants of a process that was already there (a kernel kept for several tests owns those)."""
+    allowed = {w.pid for w in parallel.status().workers}
+    kept = {pid for pid, _ in before}
+    found = set()
+    for pid, created in children() - before:
+        try:
+            ancestors = {p.pid for p in psutil.Process(pid).parents()}
+        except psutil.NoSuchProcess:
+            continue
+        if pid not in allowed and not ancestors & kept:
+            found.add((pid, created))
+    return found
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes():
-    """After each test, the only processes left are the session pool's own workers."""
+    """After each test, nothing it started is left running."""
     before = children()
     yield
-    allowed = {w.pid for w in parallel.status().workers}
-    wait_until(lambda: {p for p in children() - before if p[0] not in allowed} == set(), timeout=10)
+    wait_until(lambda: not leaked(before), timeout=10)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -55,6 +74,7 @@ def pool_ends_with_the_session():
     yield
     parallel.shutdown()
     wait_until(lambda: not children(), timeout=10)
+    shutil.rmtree(os.environ["NBPARALLEL_STATE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture

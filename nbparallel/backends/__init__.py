@@ -21,6 +21,12 @@ class Backend(Protocol):
     def cancel(self, call: tasks.Call, stop_running: bool) -> None:
         """Forget the call's queued chunks; with `stop_running`, stop its running tasks at once."""
 
+    def run_on_every_worker(self, call: tasks.Call, items: bytes) -> int:
+        """Run a setup task on every worker now and on each one started later; how many got it."""
+
+    def restart(self) -> None:
+        """Replace every worker with a fresh one; setup tasks are replayed."""
+
     def resize(self, workers: int) -> None: ...
 
     def status(self) -> list[Any]: ...

@@ -30,7 +30,7 @@ import threading
 import psutil
 from multiprocess.connection import Connection, Pipe, wait
 
-from .. import errors, serialize, tasks
+from .. import errors, lifecycle, serialize, tasks
 from ..worker import FunctionCache
 
 # A worker whose last task took less than this gets its next task queued behind the running one,
@@ -61,7 +61,8 @@ class _Worker:
     functions: FunctionCache = dataclasses.field(default_factory=FunctionCache)
     tasks_done: int = 0
     fast_call_id: int = 0  # the call whose last task on this worker was short, if any
-    retiring: bool = False
+    retiring: bool = False  # takes no new tasks; stops once idle
+    stopping: bool = False
 
     def has_room(self) -> bool:
         if self.retiring:
@@ -106,6 +107,7 @@ class ProcessPool:
         self._woken = False
         self._dispatcher: threading.Thread | None = None
         self._closed = False
+        self._setups: list[tuple[tasks.Call, bytes]] = []  # replayed on every new worker
 
     # --- called from the caller's thread ------------------------------------------------
 
@@ -131,6 +133,7 @@ class ProcessPool:
         """
         with self._lock:
             call.closed = True
+            self._setups = [(c, items) for c, items in self._setups if c is not call]
             self._pending = collections.deque(entry for entry in self._pending if entry[0] is not call)
             for worker in self._workers.values():
                 if not any(c is call for c, _ in worker.inflight):
@@ -139,6 +142,31 @@ class ProcessPool:
                     worker.process.kill()
                 else:
                     self._send(worker, tasks.CancelCall(call.call_id))
+
+    def run_on_every_worker(self, call: tasks.Call, items: bytes) -> int:
+        """Run a setup task on every worker now, and first thing on every worker started later.
+
+        Returns how many workers got it: that many events arrive through `call.deliver`.
+        """
+        with self._lock:
+            if self._closed:
+                raise errors.pool_shut_down()
+            if self._dispatcher is None:
+                self._start()
+            self._setups.append((call, items))
+            workers = [w for w in self._workers.values() if not w.retiring]
+            for worker in workers:
+                self._send_now(worker, call, items)
+            return len(workers)
+
+    def restart(self) -> None:
+        """Replace every worker with a fresh one (setup tasks are replayed); running tasks fail."""
+        with self._lock:
+            workers = [w for w in self._workers.values() if not w.retiring]
+        for worker in workers:
+            worker.process.kill()  # the dispatcher sees EOF, reports its tasks and replaces it
+        for worker in workers:
+            _reap(worker)
 
     def resize(self, workers: int) -> None:
         with self._lock:
@@ -173,6 +201,7 @@ class ProcessPool:
             for worker in workers:
                 lost.extend(worker.inflight)
                 worker.conn.close()  # EOF: the worker exits by itself
+            self._record()
             self._wake()
         for call, chunk in lost:
             call.deliver(tasks.TaskLost(chunk.task_id, errors.pool_shut_down()))
@@ -192,8 +221,15 @@ class ProcessPool:
         while sum(not w.retiring for w in self._workers.values()) < self._size:
             worker = launch_worker()
             self._workers[worker.conn] = worker
+            for call, items in self._setups:
+                self._send_now(worker, call, items)
+        self._record()
+
+    def _record(self) -> None:
+        lifecycle.record_workers([(w.pid, w.create_time) for w in self._workers.values()])
 
     def _retire_extra(self) -> None:
+        """Retire workers beyond the pool's size, idle ones first; each stops when it is idle."""
         extra = sum(not w.retiring for w in self._workers.values()) - self._size
         for worker in sorted(self._workers.values(), key=lambda w: len(w.inflight)):
             if extra <= 0:
@@ -201,9 +237,10 @@ class ProcessPool:
             if not worker.retiring:
                 worker.retiring = True
                 extra -= 1
-        for worker in [w for w in self._workers.values() if w.retiring and not w.inflight]:
-            del self._workers[worker.conn]
-            worker.conn.close()
+        for worker in self._workers.values():
+            if worker.retiring and not worker.inflight and not worker.stopping:
+                worker.stopping = True  # it exits; the dispatcher sees EOF and reaps it
+                self._send(worker, tasks.StopWorker())
 
     def _wake(self) -> None:
         if not self._woken:
@@ -234,13 +271,20 @@ class ProcessPool:
             if worker is None:
                 return
             self._pending.popleft()
-            worker.inflight.append((call, chunk))
-            send_function = call.digest not in worker.functions
-            worker.functions.touch(call.digest)
-            self._send(worker, tasks.RunTask(
-                chunk.task_id, call.call_id, call.digest,
-                call.function if send_function else None, call.mode, chunk.items, chunk.position,
-            ))
+            self._send_task(worker, call, chunk)
+
+    def _send_now(self, worker: _Worker, call: tasks.Call, items: bytes) -> None:
+        """Send a task of `call` to this very worker, ahead of anything assigned later."""
+        self._send_task(worker, call, tasks.Chunk(tasks.next_id(), 0, 1, items, "(setup)"))
+
+    def _send_task(self, worker: _Worker, call: tasks.Call, chunk: tasks.Chunk) -> None:
+        worker.inflight.append((call, chunk))
+        send_function = call.digest not in worker.functions
+        worker.functions.touch(call.digest)
+        self._send(worker, tasks.RunTask(
+            chunk.task_id, call.call_id, call.digest,
+            call.function if send_function else None, call.mode, chunk.items, chunk.position,
+        ))
 
     def _free_worker(self, call: tasks.Call) -> _Worker | None:
         serving = sum(any(c is call for c, _ in w.inflight) for w in self._workers.values())
@@ -285,22 +329,27 @@ class ProcessPool:
             deliver(message)
 
     def _on_exit(self, conn: Connection) -> None:
+        conn.close()
         with self._lock:
             worker = self._workers.pop(conn, None)
-        conn.close()
-        if worker is None:
-            return  # retired or shut down on purpose
-        returncode = _reap(worker)
-        if not worker.inflight:
-            return
-        running, *queued = worker.inflight
-        with self._lock:
+            if worker is None:
+                return  # shut down on purpose
+            running = worker.inflight[0] if worker.inflight else None
+            if running is not None and running[0].mode == "setup":
+                # A setup task that kills its worker would kill every replacement too.
+                self._setups = [(c, items) for c, items in self._setups if c is not running[0]]
             if not self._closed:
-                # Tasks queued behind the running one never started: they go to another worker.
-                self._pending.extendleft(reversed(queued))
                 self._fill()
-        call, chunk = running
-        if not call.closed:
+                # Tasks queued behind the running one never started: another worker takes them.
+                queued = [
+                    (call, chunk) for call, chunk in list(worker.inflight)[1:]
+                    if call.mode != "setup" and not call.closed  # setups are replayed anyway
+                ]
+                self._pending.extendleft(reversed(queued))
+                self._wake()
+        returncode = _reap(worker)
+        if running is not None and not running[0].closed:
+            call, chunk = running
             error = errors.worker_died(worker.pid, returncode, chunk.position, chunk.size, chunk.first_item)
             call.deliver(tasks.TaskLost(chunk.task_id, error))
 

@@ -1,0 +1,84 @@
+"""Workers never outlive their kernel: a record on disk of who owns which workers, and the sweep
+of workers whose owner died.
+
+Each worker exits by itself when its owner dies (EOF on its socket, see `worker.py`); this record
+is the backstop for a worker that cannot notice (stuck in C code that holds the GIL). Processes
+are named by pid *and* creation time, so a pid the system has since reused is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import psutil
+
+Process = tuple[int, float]  # (pid, creation time)
+
+
+def state_dir() -> Path:
+    """Where owners record their workers (NBPARALLEL_STATE_DIR overrides, e.g. for tests)."""
+    default = Path(tempfile.gettempdir()) / f"nbparallel-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    return Path(os.environ.get("NBPARALLEL_STATE_DIR") or default)
+
+
+def identify(pid: int) -> Process | None:
+    try:
+        return pid, psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _owner_record() -> Path:
+    pid, created = identify(os.getpid()) or (os.getpid(), 0.0)
+    return state_dir() / f"{pid}-{created:.3f}.json"
+
+
+def record_workers(workers: list[Process]) -> None:
+    """Write down this process's current workers (an empty list removes the record)."""
+    path = _owner_record()
+    if not workers:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"owner": identify(os.getpid()), "workers": workers}))
+    os.replace(temporary, path)
+
+
+def is_running(process: Process) -> bool:
+    """True if `process` still runs: same pid, same creation time, not a zombie."""
+    pid, created = process
+    try:
+        found = psutil.Process(pid)
+        return found.create_time() == created and found.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def reap_orphans() -> int:
+    """Kill workers recorded by owners that are gone; returns how many were still running."""
+    killed = 0
+    directory = state_dir()
+    if not directory.is_dir():
+        return 0
+    for path in directory.glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+            owner = tuple(record["owner"])
+            workers = [tuple(w) for w in record["workers"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being written, or not ours
+        if is_running(owner):  # type: ignore[arg-type]
+            continue
+        for worker in workers:
+            if is_running(worker):  # type: ignore[arg-type]
+                try:
+                    psutil.Process(worker[0]).kill()
+                    killed += 1
+                except psutil.Error:
+                    pass
+        path.unlink(missing_ok=True)
+    return killed

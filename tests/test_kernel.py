@@ -1,0 +1,258 @@
+"""Notebook life in a real kernel: the extension, the magics, and workers that follow the kernel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from nbparallel import lifecycle
+
+from .conftest import wait_until
+from .kernel import Kernel
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    started = Kernel(tmp_path)
+    yield started
+    started.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shared_kernel(tmp_path_factory):
+    """One kernel for the tests that leave it usable, with the extension loaded."""
+    started = Kernel(tmp_path_factory.mktemp("kernel"))
+    started.ok("%load_ext nbparallel\nparallel.configure(progress=False)")
+    yield started
+    started.shutdown()
+
+
+def alive(processes) -> set:
+    return {p for p in processes if lifecycle.is_running(p)}
+
+
+# --- the extension and the magics ---------------------------------------------------------
+
+
+def test_load_ext_twice_is_harmless_and_unload_removes_everything(kernel):
+    first = kernel.ok("%load_ext nbparallel\n%load_ext nbparallel\n%reload_ext nbparallel\nprint(type(parallel).__name__)")
+    assert first.stdout.splitlines()[-1] == "Parallel"
+    assert kernel.value("parallel.map(abs, range(-4, 4), progress=False)") == [4, 3, 2, 1, 0, 1, 2, 3]
+    workers = kernel.workers()
+    assert workers
+    kernel.ok("%unload_ext nbparallel")
+    assert kernel.run("parallel").ename == "NameError"
+    assert kernel.run("%%parallel for x in [1]\nx").ename == "UsageError"
+    wait_until(lambda: not alive(workers), timeout=5)
+
+
+def test_cell_magic_maps_the_body_and_binds_results_in_input_order(shared_kernel, tmp_path):
+    files = []
+    for n in range(6):
+        path = tmp_path / f"f{n}.txt"
+        path.write_text("x" * n)
+        files.append(str(path))
+    shared_kernel.ok(f"files = {files!r}")
+    shared_kernel.ok("%%parallel for path in files -> sizes\ntext = open(path).read()\nlen(text)")
+    assert shared_kernel.value("sizes") == [0, 1, 2, 3, 4, 5]
+    assert shared_kernel.run("text").ename == "NameError"  # assignments stay in the workers
+
+
+def test_cell_magic_options_tuple_targets_and_shown_results(shared_kernel):
+    shared_kernel.ok("scale = 10")
+    shown = shared_kernel.ok("%%parallel for a, b in [(1, 2), (3, 4)] --workers 1 --chunksize 1\n(a + b) * scale")
+    assert shown.results == ["[30, 70]"]
+    shared_kernel.ok("%%parallel for n in range(20) -> out --unordered --no-progress\nn * n")
+    assert sorted(shared_kernel.value("out")) == [n * n for n in range(20)]
+
+
+def test_cell_magic_error_is_the_users_exception_with_the_cell_line(shared_kernel):
+    reply = shared_kernel.run("%%parallel for word in ['1', 'two'] -> numbers\nvalue = int(word)\nvalue")
+    assert reply.ename == "ValueError"
+    traceback = shared_kernel.ok(
+        "import traceback\ntry:\n    parallel.map(int, ['x'])\nexcept ValueError as e:\n    print(e.__notes__)"
+    )
+    assert "item 0: 'x'" in traceback.stdout
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("%%parallel", "for NAME in ITERABLE"),
+        ("%%parallel path in files", "for NAME in ITERABLE"),
+        ("%%parallel for 1 in files", "cannot be assigned"),
+        ("%%parallel for x in [1] -> 2bad", "must be a variable name"),
+        ("%%parallel for x in [1] --workers 0", "workers=0 is not valid"),
+        ("%%parallel for x in [1] --speed 3", "unrecognized arguments"),
+        ("%%parallel for x in [1] --backend spark", "unknown backend 'spark'"),
+    ],
+)
+def test_malformed_magic_line_raises_usage_error_saying_what_to_write(shared_kernel, line, message):
+    reply = shared_kernel.run(f"{line}\nx")
+    assert reply.ename == "UsageError", (reply.ename, reply.evalue)
+    assert message in reply.evalue
+
+
+def test_magic_help_shows_the_syntax(shared_kernel):
+    reply = shared_kernel.ok("%%parallel?")
+    assert "%%parallel for NAME in ITERABLE [-> RESULT]" in reply.payload_text
+    assert "--every-worker" in reply.payload_text
+
+
+def test_every_worker_cell_defines_names_for_later_tasks_and_new_workers_replay_it(shared_kernel):
+    shared_kernel.ok("base = 21")
+    reply = shared_kernel.ok("%%parallel --every-worker\nimport math as worker_math\nsecret = base * 2")
+    assert reply.stdout.strip() == "ran on 2 workers"
+    assert shared_kernel.run("secret").ename == "NameError"  # it ran in the workers only
+    assert shared_kernel.value("parallel.map(lambda x: secret + x, range(4), chunksize=1)") == [42, 43, 44, 45]
+    before = {pid for pid, _ in shared_kernel.workers()}
+    assert shared_kernel.run("import os\nparallel.map(lambda x: os._exit(1), [0])").ename == "WorkerDiedError"
+    shared_kernel.ok("import time\ndef where(x):\n    time.sleep(0.05)  # long enough for both workers to take tasks\n"
+                     "    return os.getpid(), secret, worker_math.pi > 3")
+    seen = shared_kernel.value("sorted(set(parallel.map(where, range(40), chunksize=1)))")
+    pids = {pid for pid, _, _ in seen}
+    assert pids - before, "a replacement worker ran tasks"
+    assert all(value == 42 and has_import for _, value, has_import in seen)
+
+
+def test_line_magic_status_workers_restart_shutdown(shared_kernel):
+    shared_kernel.ok("parallel.map(abs, range(4))")
+    status = shared_kernel.ok("%parallel").results[0]
+    assert "nbparallel: 2 workers" in status and "idle" in status and "MiB" in status
+    shared_kernel.ok("%parallel workers 1")
+    wait_until(lambda: len(shared_kernel.workers()) == 1)
+    before = shared_kernel.workers()
+    assert shared_kernel.ok("%parallel restart").stdout.strip() == "nbparallel: workers restarted"
+    wait_until(lambda: shared_kernel.workers() and not (shared_kernel.workers() & before))
+    assert shared_kernel.ok("%parallel shutdown").stdout.strip() == "nbparallel: workers stopped"
+    wait_until(lambda: not shared_kernel.workers(), timeout=5)
+    assert shared_kernel.run("%parallel frobnicate").ename == "UsageError"
+    shared_kernel.ok("%parallel workers 2")
+
+
+def test_print_inside_a_task_shows_in_the_cell_in_order_per_worker(shared_kernel):
+    reply = shared_kernel.ok(
+        "import os\n_ = parallel.map(lambda x: print(os.getpid(), x), range(40), chunksize=2)"
+    )
+    lines = [line.split() for line in reply.stdout.splitlines()]
+    assert sorted(int(x) for _, x in lines) == list(range(40))
+    by_worker: dict[str, list[int]] = {}
+    for pid, x in lines:
+        by_worker.setdefault(pid, []).append(int(x))
+    assert all(items == sorted(items) for items in by_worker.values())
+
+
+def test_rerunning_a_cell_never_adds_processes(kernel):
+    cell = "from nbparallel import parallel\nparallel.map(lambda x: x * 2, range(100), progress=False)"
+    kernel.ok(cell)
+    after_first = kernel.workers()
+    for _ in range(5):
+        kernel.ok(cell)
+    assert kernel.workers() == after_first
+
+
+# --- the pool follows the kernel ----------------------------------------------------------
+
+START_MARKERS = """
+import os, time
+from pathlib import Path
+from nbparallel import parallel
+marks = Path({directory!r})
+def slow(n):
+    (marks / f"start-{{n}}-{{time.time():.3f}}").touch()
+    if n < {fast}:
+        return n
+    end = time.time() + 120
+    while time.time() < end:   # a busy task: burns CPU until stopped
+        pass
+    return n
+"""
+
+
+def started(directory) -> dict[int, float]:
+    found = {}
+    for path in directory.glob("start-*"):
+        _, n, when = path.name.split("-", 2)
+        found[int(n)] = float(when)
+    return found
+
+
+@pytest.mark.parametrize("how", ["restart-now", "restart-graceful", "shutdown", "sigkill"])
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, busy):
+    kernel.ok(START_MARKERS.format(directory=str(tmp_path), fast=0))
+    kernel.ok("parallel.map(abs, range(4), progress=False)")
+    workers = kernel.workers()
+    assert len(workers) == 2
+    if busy:
+        kernel.send("parallel.map(slow, range(50), chunksize=1, progress=False)")
+        wait_until(lambda: len(started(tmp_path)) >= 2)
+    gone_at = time.time()
+    if how == "restart-now":
+        kernel.manager.restart_kernel(now=True)
+    elif how == "restart-graceful":
+        kernel.manager.restart_kernel(now=False)
+    elif how == "shutdown":
+        kernel.manager.shutdown_kernel(now=False)
+    else:
+        os.kill(kernel.pid, signal.SIGKILL)
+    wait_until(lambda: not alive(workers), timeout=2.0)
+    if busy:
+        # No queued task of the dead kernel's map started after the kernel went.
+        assert max(started(tmp_path).values()) < gone_at + 0.5
+
+
+def test_interrupt_stops_the_call_at_once_and_the_next_map_runs(kernel, tmp_path):
+    kernel.ok(START_MARKERS.format(directory=str(tmp_path), fast=4))
+    kernel.ok("parallel.configure(progress=False)\nparallel.map(abs, range(4))")
+    msg_id = kernel.send("results = parallel.map(slow, range(40), chunksize=1)")
+    wait_until(lambda: len(started(tmp_path)) >= 6)  # the 4 fast items and 2 busy ones
+    busy = kernel.workers()
+    interrupted_at = time.monotonic()
+    kernel.manager.interrupt_kernel()
+    reply = kernel.reply(msg_id, timeout=10)
+    assert time.monotonic() - interrupted_at < 1.0
+    assert reply.ename == "KeyboardInterrupt"
+    wait_until(lambda: not alive(busy), timeout=2.0)  # busy workers stopped: no CPU burnt after
+    count = len(started(tmp_path))
+    next_map_started = time.monotonic()
+    assert kernel.value("parallel.map(lambda x: x + 1, range(10))") == list(range(1, 11))
+    assert time.monotonic() - next_map_started < 3.0
+    assert len(started(tmp_path)) == count  # no queued task of the interrupted call started
+    partial = kernel.value("{str(k): v for k, v in parallel.partial_results().items()}")
+    assert partial == {"0": 0, "1": 1, "2": 2, "3": 3}
+
+
+def test_loading_the_extension_stops_workers_left_by_dead_kernels(kernel, tmp_path):
+    """Only processes whose pid *and* creation time match the record are stopped."""
+    python = [sys.executable, "-c", "import time; time.sleep(120)"]
+    owner = subprocess.Popen(python)
+    orphan = subprocess.Popen(python)
+    bystander = subprocess.Popen(python)
+    try:
+        owner_id = lifecycle.identify(owner.pid)
+        owner.kill()
+        owner.wait(10)
+        orphan_id = lifecycle.identify(orphan.pid)
+        bystander_id = lifecycle.identify(bystander.pid)
+        record = {"owner": owner_id, "workers": [orphan_id, (bystander_id[0], bystander_id[1] - 1000.0)]}
+        lifecycle.state_dir().mkdir(parents=True, exist_ok=True)
+        (lifecycle.state_dir() / "dead-owner.json").write_text(json.dumps(record))
+        reply = kernel.ok("%load_ext nbparallel")
+        assert "stopped 1 worker process left behind by a kernel that is gone" in reply.stdout
+        assert orphan.wait(5) == -signal.SIGKILL
+        assert bystander.poll() is None  # same pid, other creation time: never touched
+        assert not (lifecycle.state_dir() / "dead-owner.json").exists()
+    finally:
+        for process in (orphan, bystander):
+            process.kill()
+            process.wait(10)
