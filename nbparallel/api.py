@@ -188,8 +188,7 @@ class PoolStatus:
     def __repr__(self) -> str:
         if not self.workers:
             return "nbparallel: no workers running (the pool starts on the first call)"
-        lines = [f"nbparallel: {len(self.workers)} workers", "    pid  state  tasks  memory"]
+        lines = [f"nbparallel: {len(self.workers)} workers", "    pid  state     tasks  memory"]
         for w in self.workers:
-            state = "busy" if w.busy else "idle"
-            lines.append(f"{w.pid:>7}  {state:<5} {w.tasks_done:>6}  {w.memory_rss / 2**20:6.1f} MiB")
+            lines.append(f"{w.pid:>7}  {w.state:<8} {w.tasks_done:>6}  {w.memory_rss / 2**20:6.1f} MiB")
         return "\n".join(lines)

@@ -137,7 +137,7 @@ def _run(
 def outcome(call: tasks.Call, first_position: int, event: object) -> list[Any]:
     """The results a worker event carries, or the exception it stands for, raised."""
     if isinstance(event, tasks.TaskDone):
-        return serialize.loads(event.results)  # type: ignore[no-any-return]
+        return serialize.loads(event.results)
     if isinstance(event, tasks.TaskLost):
         raise event.error
     assert isinstance(event, tasks.TaskFailed)
@@ -183,7 +183,12 @@ def submit(
 
     call = tasks.Call(tasks.next_id(), payload.name, payload.data, payload.digest, "apply", 1, deliver)
     backend = get_backend()
-    future.add_done_callback(lambda f: f.cancelled() and backend.cancel(call, stop_running=True))
+
+    def stop_if_cancelled(done: Future[Any]) -> None:
+        if done.cancelled():
+            backend.cancel(call, stop_running=True)
+
+    future.add_done_callback(stop_if_cancelled)
     backend.submit(call, chunk)
     return future
 

@@ -67,14 +67,14 @@ def reap_orphans() -> int:
     for path in directory.glob("*.json"):
         try:
             record = json.loads(path.read_text())
-            owner = tuple(record["owner"])
-            workers = [tuple(w) for w in record["workers"]]
+            owner = (int(record["owner"][0]), float(record["owner"][1]))
+            workers = [(int(pid), float(created)) for pid, created in record["workers"]]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being written, or not ours
-        if is_running(owner):  # type: ignore[arg-type]
+        if is_running(owner):
             continue
         for worker in workers:
-            if is_running(worker):  # type: ignore[arg-type]
+            if is_running(worker):
                 try:
                     psutil.Process(worker[0]).kill()
                     killed += 1

@@ -71,7 +71,7 @@ def cell_function(target: str, source: str, namespace: dict[str, Any], filename:
     function = ast.parse(f"def cell({_ITEM}):\n    {target} = {_ITEM}").body[0]
     assert isinstance(function, ast.FunctionDef)
     for node in ast.walk(function):  # the binding line is shown as the cell's first line
-        if hasattr(node, "lineno"):
+        if isinstance(node, (ast.stmt, ast.expr)):
             node.lineno = node.end_lineno = 1
     function.body.extend(body)
     module = ast.fix_missing_locations(ast.Module(body=[function], type_ignores=[]))
@@ -100,7 +100,7 @@ class ParallelMagics(Magics):
     @argument("--every-worker", action="store_true",
               help="run the cell once in every worker (and in each worker started later) instead "
                    "of over items: for imports, loading a model, opening a connection")
-    @cell_magic("parallel")
+    @cell_magic("parallel")  # type: ignore[arg-type]
     def parallel_cell(self, line: str, cell: str) -> Any:
         """Run the cell once per item, in parallel, on the worker pool.
 
@@ -125,6 +125,7 @@ class ParallelMagics(Magics):
         if args.backend != "processes":
             raise UsageError(f"%%parallel: unknown backend {args.backend!r}; the backends are: processes")
         self._cells += 1
+        assert self.shell is not None
         source = self.shell.transform_cell(cell)
         namespace = self.shell.user_ns
         if args.every_worker:
@@ -152,7 +153,7 @@ class ParallelMagics(Magics):
         namespace[result] = results
         return None
 
-    @line_magic("parallel")
+    @line_magic("parallel")  # type: ignore[arg-type]
     def parallel_line(self, line: str) -> Any:
         """Show or change the worker pool.
 

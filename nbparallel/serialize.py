@@ -137,7 +137,7 @@ def dump_function(func: Callable[..., Any]) -> FunctionPayload:
         code = dill.dumps(func, protocol=PROTOCOL, recurse=True)
     except Exception as error:
         raise _explain_function_failure(func, name, error) from error
-    functions = [func] + [obj for _, obj in captures if isinstance(obj, types.FunctionType)]
+    functions = [obj for obj in [func, *(o for _, o in captures)] if isinstance(obj, types.FunctionType)]
     data = pickle.dumps((_notebook_sources(functions), code), protocol=PROTOCOL)
     return FunctionPayload(name, data, hashlib.blake2b(data, digest_size=16).digest())
 
@@ -146,7 +146,7 @@ def load_function(data: bytes) -> Callable[..., Any]:
     """Rebuild a function in a worker, with the source lines of notebook cells for tracebacks."""
     sources, code = pickle.loads(data)
     linecache.cache.update(sources)
-    return dill.loads(code)  # type: ignore[no-any-return]
+    return dill.loads(code)
 
 
 def _explain_function_failure(func: Callable[..., Any], name: str, error: Exception) -> Exception:
@@ -275,13 +275,13 @@ def unsendable_kind(obj: object) -> str | None:
     return None
 
 
-def _notebook_sources(functions: list[Any]) -> dict[str, Any]:
+def _notebook_sources(functions: list[types.FunctionType]) -> dict[str, Any]:
     """linecache entries of notebook cells the functions' code comes from, for worker tracebacks."""
     sources = {}
     for function in functions:
-        code = getattr(function, "__code__", None)
-        entry = linecache.cache.get(code.co_filename) if code else None
+        filename = function.__code__.co_filename
+        entry = linecache.cache.get(filename)
         # An entry with no modification time is not backed by a file: a cell or exec'd code.
         if entry is not None and len(entry) == 4 and entry[1] is None:
-            sources[code.co_filename] = entry
+            sources[filename] = entry
     return sources

@@ -222,7 +222,8 @@ def _first_unsendable(results: list[Any]) -> int:
 def main() -> None:
     """Entry point of a worker process: `python -c ... <socket fd>`."""
     # The kernel's interrupt (SIGINT to its whole process group) is for the kernel: the pool
-    # decides which tasks to stop, and stops their workers itself.
+    # decides which tasks to stop, and stops their workers itself. (The boot line ignores it
+    # already; this keeps `main` right however it is started.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(int(sys.argv[1]))
     config = pickle.loads(conn.recv_bytes())
@@ -236,7 +237,7 @@ def main() -> None:
 
     sender = _Sender(conn)
     stdout, stderr = _ForwardedStream(sender, "stdout"), _ForwardedStream(sender, "stderr")
-    sys.stdout, sys.stderr = stdout, stderr  # type: ignore[assignment]
+    sys.stdout, sys.stderr = stdout, stderr
     functions = FunctionCache()
     setup = _SetupNamespace()
     while True:

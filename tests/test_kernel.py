@@ -167,13 +167,14 @@ import os, time
 from pathlib import Path
 from nbparallel import parallel
 marks = Path({directory!r})
-def slow(n):
+def slow(n, chatty=False):
     (marks / f"start-{{n}}-{{time.time():.3f}}").touch()
     if n < {fast}:
         return n
     end = time.time() + 120
     while time.time() < end:   # a busy task: burns CPU until stopped
-        pass
+        if chatty:
+            print("still working on", n)
     return n
 """
 
@@ -187,14 +188,16 @@ def started(directory) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("how", ["restart-now", "restart-graceful", "shutdown", "sigkill"])
-@pytest.mark.parametrize("busy", [False, True], ids=["idle", "busy"])
+@pytest.mark.parametrize("busy", ["idle", "busy", "printing"])
 def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, busy):
+    """Idle, busy, or busy printing (output must not keep a worker alive)."""
     kernel.ok(START_MARKERS.format(directory=str(tmp_path), fast=0))
     kernel.ok("parallel.map(abs, range(4), progress=False)")
     workers = kernel.workers()
     assert len(workers) == 2
-    if busy:
-        kernel.send("parallel.map(slow, range(50), chunksize=1, progress=False)")
+    if busy != "idle":
+        chatty = busy == "printing"
+        kernel.send(f"parallel.map(lambda n: slow(n, {chatty}), range(50), chunksize=1, progress=False)")
         wait_until(lambda: len(started(tmp_path)) >= 2)
     gone_at = time.time()
     if how == "restart-now":
@@ -206,7 +209,7 @@ def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, 
     else:
         os.kill(kernel.pid, signal.SIGKILL)
     wait_until(lambda: not alive(workers), timeout=2.0)
-    if busy:
+    if busy != "idle":
         # No queued task of the dead kernel's map started after the kernel went.
         assert max(started(tmp_path).values()) < gone_at + 0.5
 
@@ -230,6 +233,18 @@ def test_interrupt_stops_the_call_at_once_and_the_next_map_runs(kernel, tmp_path
     assert len(started(tmp_path)) == count  # no queued task of the interrupted call started
     partial = kernel.value("{str(k): v for k, v in parallel.partial_results().items()}")
     assert partial == {"0": 0, "1": 1, "2": 2, "3": 3}
+
+
+def test_interrupt_while_workers_boot_does_not_kill_them(kernel):
+    """Workers started a moment before a Stop click survive it (they ignore SIGINT from birth)."""
+    kernel.ok("import os\nfrom nbparallel import parallel\nparallel.configure(progress=False)\nparallel.map(abs, [1])")
+    kernel.ok("parallel.restart()")
+    booting = kernel.workers()
+    for _ in range(3):
+        kernel.manager.interrupt_kernel()
+    pids = kernel.value("parallel.map(lambda _: os.getpid(), range(8), chunksize=1)")
+    assert len(pids) == 8 and set(pids) <= {pid for pid, _ in booting}
+    assert alive(booting) == booting
 
 
 def test_loading_the_extension_stops_workers_left_by_dead_kernels(kernel, tmp_path):

@@ -19,13 +19,17 @@ Workers stay in the kernel's process group, so Jupyter's restart (killpg) reache
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import traceback
+from collections.abc import Iterator
 
 import psutil
 from multiprocess.connection import Connection, Pipe, wait
@@ -39,15 +43,26 @@ from ..worker import FunctionCache
 _PREFETCH_BELOW_SECONDS = 0.01
 _EXIT_WAIT_SECONDS = 2.0
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_BOOT = f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from nbparallel.worker import main; main()"
+# The kernel's interrupt is SIGINT to its whole process group, workers included, and a worker
+# still booting would die of it. So a worker is started with SIGINT blocked (the mask survives
+# exec), and its first line ignores SIGINT, then unblocks it: one that arrived meanwhile is dropped.
+_BOOT = (
+    "import _signal; _signal.signal(_signal.SIGINT, _signal.SIG_IGN); "
+    "hasattr(_signal, 'pthread_sigmask') and _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [_signal.SIGINT]); "
+    f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from nbparallel.worker import main; main()"
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkerStatus:
     pid: int
-    busy: bool
+    state: str  # "idle", "busy", or "stopping" (the pool shrank; it exits once idle)
     tasks_done: int
     memory_rss: int  # bytes
+
+    @property
+    def busy(self) -> bool:
+        return self.state == "busy"
 
 
 @dataclasses.dataclass(eq=False)
@@ -76,10 +91,23 @@ class _Worker:
         return self.process.pid
 
 
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread only (the kernel still gets its interrupts), for a child to inherit."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def launch_worker() -> _Worker:
     """Start one worker interpreter connected to this process by a socket pair."""
     ours, theirs = socket.socketpair()
-    with ours, theirs:
+    with ours, theirs, _sigint_blocked():
         process = subprocess.Popen(
             [sys.executable, "-c", _BOOT, str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
@@ -180,7 +208,10 @@ class ProcessPool:
         with self._lock:
             workers = list(self._workers.values())
         return [
-            WorkerStatus(w.pid, bool(w.inflight), w.tasks_done, _memory_rss(w.process.pid))
+            WorkerStatus(
+                w.pid, "stopping" if w.retiring else "busy" if w.inflight else "idle",
+                w.tasks_done, _memory_rss(w.process.pid),
+            )
             for w in workers
         ]
 
@@ -248,20 +279,27 @@ class ProcessPool:
             self._wake_writer.send_bytes(b"")
 
     def _dispatch_forever(self) -> None:
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                self._assign()
-                connections = [self._wake_reader, *self._workers]
-            for ready in wait(connections):
-                if ready is self._wake_reader:
-                    with self._lock:
-                        while self._wake_reader.poll():
-                            self._wake_reader.recv_bytes()
-                        self._woken = False
-                else:
-                    self._receive(ready)  # type: ignore[arg-type]
+        while not self._closed:
+            try:
+                self._dispatch_once()
+            except Exception:  # never die silently: every call of this pool would wait forever
+                if not self._closed:
+                    traceback.print_exc(file=sys.__stderr__)
+
+    def _dispatch_once(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._assign()
+            connections = [self._wake_reader, *self._workers]
+        for ready in wait(connections):
+            if ready is self._wake_reader:
+                with self._lock:
+                    while self._wake_reader.poll():
+                        self._wake_reader.recv_bytes()
+                    self._woken = False
+            else:
+                self._receive(ready)
 
     def _assign(self) -> None:
         """Send pending chunks, oldest first, to workers with room (least loaded first)."""
