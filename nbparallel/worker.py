@@ -90,7 +90,10 @@ class _ForwardedStream:
         if self._buffer:
             text = "".join(self._buffer)
             self._buffer.clear()
-            self._sender.send(tasks.Output(self._sender.task_id, self._name, text))
+            try:
+                self._sender.send(tasks.Output(self._sender.task_id, self._name, text))
+            except OSError:
+                pass  # the pool is gone, and the reader thread is ending this process
 
     def isatty(self) -> bool:
         return False
@@ -243,7 +246,9 @@ def main() -> None:
     while True:
         task: tasks.RunTask | tasks.StopWorker = inbox.get()
         if isinstance(task, tasks.StopWorker):
-            return
+            # Exit without interpreter finalization: nothing here needs it, and output written
+            # during it would go to a socket the pool may already have closed.
+            os._exit(0)
         functions.touch(task.digest, task.function)
         sender.task_id = task.task_id
         if task.call_id in cancelled:
