@@ -18,6 +18,8 @@ from .errors import (
     OptionError,
     RemoteTraceback,
     ResultError,
+    TaskExitError,
+    TaskTimeoutError,
     UnsendableError,
     WorkerDiedError,
 )
@@ -32,6 +34,8 @@ __all__ = [
     "PoolStatus",
     "RemoteTraceback",
     "ResultError",
+    "TaskExitError",
+    "TaskTimeoutError",
     "UnsendableError",
     "WorkerDiedError",
     "parallel",

@@ -64,9 +64,11 @@ class Parallel:
     def configure(self, **options: Any) -> Options:
         """Set session defaults (workers, chunksize, progress); returns the options in force."""
         with self._lock:
-            self._options = self._options.merged(**options)
-            if self._backend is not None and self._backend.size != self._options.worker_count:
-                self._backend.resize(self._options.worker_count)
+            self._options = self._options.merged(session=True, **options)
+            if self._backend is not None:
+                if self._backend.size != self._options.worker_count:
+                    self._backend.resize(self._options.worker_count)
+                self._backend.set_limits(self._options.max_tasks_per_worker, self._options.max_worker_memory)
             return self._options
 
     @property
@@ -76,7 +78,7 @@ class Parallel:
     def _get_backend(self, options: Options) -> backends.Backend:
         with self._lock:
             if self._backend is None:
-                self._backend = backends.create("processes", self._options.worker_count)
+                self._backend = backends.create("processes", self._options)
             if self._backend.size < options.worker_count:
                 self._backend.resize(options.worker_count)
             return self._backend

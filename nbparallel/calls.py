@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from . import errors, serialize, tasks
+from . import errors, outcomes, serialize, tasks
 from .backends import Backend
 from .options import Options
 from .progress import Progress
@@ -76,7 +76,10 @@ def _run(
 ) -> Iterator[Any]:
     workers = options.worker_count
     events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    call = tasks.Call(tasks.next_id(), payload.name, payload.data, payload.digest, mode, workers, events.put)
+    call = tasks.Call(
+        tasks.next_id(), payload.name, payload.data, payload.digest, mode, workers, events.put,
+        timeout=options.timeout, keep_going=options.errors != "raise",
+    )
     sizer = tasks.ChunkSizer(total, workers, options.chunksize)
     pieces = tasks.chunks(items, sizer)
     window = workers * _WINDOW_PER_WORKER
@@ -95,8 +98,7 @@ def _run(
                     break
                 position, chunk_items = piece
                 chunk = tasks.Chunk(
-                    tasks.next_id(), position, len(chunk_items),
-                    serialize.dump_chunk(chunk_items, position), errors.short_repr(chunk_items[0]),
+                    tasks.next_id(), position, len(chunk_items), serialize.dump_chunk(chunk_items, position)
                 )
                 backend = backend or get_backend()
                 backend.submit(call, chunk)
@@ -105,14 +107,21 @@ def _run(
                 break
             event = events.get()
             chunk = submitted[event.task_id]
-            results = outcome(call, chunk.position, event)
-            sizer.observe(chunk.size, event.seconds)
+            if isinstance(event, tasks.TaskLost):
+                if outcomes.recover(call, chunk, event, options.retries, options.errors):
+                    assert backend is not None
+                    backend.submit(call, chunk)
+                    continue
+                event = None  # every item of the chunk has its outcome already
+            else:
+                sizer.observe(chunk.size, getattr(event, "seconds", 0.0))
+            results = outcomes.results(call, chunk, event, options.errors)
             progress.update(chunk.size)
             if not ordered:
-                del submitted[event.task_id]
+                del submitted[chunk.task_id]
                 yield from results
                 continue
-            finished[event.task_id] = results
+            finished[chunk.task_id] = results
             while submitted and next(iter(submitted)) in finished:
                 task_id, _ = submitted.popitem(last=False)
                 yield from finished.pop(task_id)
@@ -134,27 +143,6 @@ def _run(
         progress.close(ok)
 
 
-def outcome(call: tasks.Call, first_position: int, event: object) -> list[Any]:
-    """The results a worker event carries, or the exception it stands for, raised."""
-    if isinstance(event, tasks.TaskDone):
-        return serialize.loads(event.results)
-    if isinstance(event, tasks.TaskLost):
-        raise event.error
-    assert isinstance(event, tasks.TaskFailed)
-    position = first_position + event.offset
-    remote = errors.RemoteTraceback(f'\n"""\n{event.traceback}"""')
-    error = serialize.loads(event.error) if event.error is not None else None
-    if event.stage == "result":
-        raise errors.unsendable_result(call.name, position, event.item, event.detail) from remote
-    if error is None:
-        raise errors.unloadable_exception(call.name, position, event.item, event.detail) from remote
-    if event.stage == "load" and isinstance(error, ModuleNotFoundError) and error.name:
-        raise errors.missing_module(call.name, error.name) from remote
-    if hasattr(error, "add_note") and call.mode != "setup":
-        error.add_note(errors.item_note(position, event.item, event.pid))
-    raise error from remote
-
-
 def submit(
     get_backend: Callable[[], Backend], func: Callable[..., Any], args: tuple[Any, ...],
     kwargs: dict[str, Any], options: Options,
@@ -169,19 +157,27 @@ def submit(
             future.set_exception(error)
         return future
     payload = serialize.dump_function(func)
-    chunk = tasks.Chunk(
-        tasks.next_id(), 0, 1, serialize.dump_chunk([(args, kwargs)], 0), errors.short_repr(args)
-    )
+    chunk = tasks.Chunk(tasks.next_id(), 0, 1, serialize.dump_chunk([(args, kwargs)], 0))
 
     def deliver(event: object) -> None:
-        if not future.set_running_or_notify_cancel():
+        if future.cancelled():
             return
         try:
-            future.set_result(outcome(call, 0, event)[0])
+            if isinstance(event, tasks.TaskLost):
+                if outcomes.recover(call, chunk, event, options.retries, "raise"):
+                    backend.submit(call, chunk)
+                    return
+            result = outcomes.results(call, chunk, event, "raise")[0]
         except BaseException as error:
-            future.set_exception(error)
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+            return
+        if future.set_running_or_notify_cancel():
+            future.set_result(result)
 
-    call = tasks.Call(tasks.next_id(), payload.name, payload.data, payload.digest, "apply", 1, deliver)
+    call = tasks.Call(
+        tasks.next_id(), payload.name, payload.data, payload.digest, "apply", 1, deliver, timeout=options.timeout
+    )
     backend = get_backend()
 
     def stop_if_cancelled(done: Future[Any]) -> None:
@@ -213,7 +209,10 @@ def run_setup(get_backend: Callable[[], Backend], source: str, namespace: dict[s
     count = backend.run_on_every_worker(call, serialize.dump_chunk([used], 0))
     try:
         for _ in range(count):
-            outcome(call, 0, events.get())
+            event = events.get()
+            if isinstance(event, tasks.TaskLost):
+                raise errors.worker_died(event.pid, event.returncode, None, None)
+            outcomes.results(call, tasks.Chunk(event.task_id, 0, 1, b""), event, "raise")
     except KeyboardInterrupt:
         backend.cancel(call, stop_running=True)
         raise

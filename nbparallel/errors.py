@@ -50,6 +50,14 @@ class WorkerDiedError(NbParallelError, RuntimeError):
     """A worker process ended while it was running a task."""
 
 
+class TaskTimeoutError(NbParallelError, TimeoutError):
+    """An item ran longer than the call's `timeout`; its worker was stopped."""
+
+
+class TaskExitError(NbParallelError, RuntimeError):
+    """A task raised SystemExit (or another exit-like exception) in its worker."""
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker, chained as its `__cause__`."""
 
@@ -132,7 +140,13 @@ def item_note(position: int, item_repr: str, pid: int) -> str:
     return f"nbparallel: raised in worker pid {pid} on item {position}: {item_repr}"
 
 
-def worker_died(pid: int, returncode: int | None, position: int, size: int, first_item: str) -> WorkerDiedError:
+def _running(position: int | None, item_repr: str | None) -> str:
+    if position is None:
+        return "before it started an item (while loading the function or the items)"
+    return f"while running item {position} ({item_repr})"
+
+
+def worker_died(pid: int, returncode: int | None, position: int | None, item_repr: str | None) -> WorkerDiedError:
     if returncode is None:
         how = "closed its connection"
     elif returncode < 0:
@@ -144,12 +158,35 @@ def worker_died(pid: int, returncode: int | None, position: int, size: int, firs
         -11: "A segmentation fault: a crash in C code (an extension module) run by the task.",
         -6: "It aborted: a crash in C code (an extension module) run by the task.",
     }.get(returncode or 0, "The function may call os._exit(), or crash the interpreter.")
-    items = f"item {position} ({first_item})" if size == 1 else (
-        f"items {position} to {position + size - 1} (the first is {first_item})"
-    )
     return WorkerDiedError(
-        f"worker pid {pid} {how} while running {items}. {likely} "
-        f"The worker has been replaced; the pool is usable."
+        f"worker pid {pid} {how} {_running(position, item_repr)}. {likely} "
+        f"The worker has been replaced; the pool is usable. (retries=N runs such items again.)"
+    )
+
+
+def timed_out(func_name: str, pid: int, timeout: float, position: int | None, item_repr: str | None) -> TaskTimeoutError:
+    return TaskTimeoutError(
+        f"{func_name!r} ran longer than timeout={timeout:g} s {_running(position, item_repr)}; "
+        f"its worker (pid {pid}) was stopped and replaced. Raise the timeout, or use "
+        f'errors="return" or "skip" to let the other items go on.'
+    )
+
+
+def task_exited(func_name: str, position: int, item_repr: str, detail: str) -> TaskExitError:
+    return TaskExitError(
+        f"{func_name!r} tried to end its worker on item {position} ({item_repr}): {detail}. "
+        f"sys.exit() in a task ends only that task; return a value or raise an exception instead."
+    )
+
+
+def load_note(pid: int) -> str:
+    return f"nbparallel: raised in worker pid {pid} while rebuilding the function or the items sent to it"
+
+
+def unloadable_results(func_name: str, position: int, size: int, error: BaseException) -> ResultError:
+    return ResultError(
+        f"{func_name!r} ran on items {position} to {position + size - 1}, but their results could not "
+        f"be rebuilt here: {type(error).__name__}: {error}. Return plain data instead."
     )
 
 
@@ -159,6 +196,12 @@ def bad_option(name: str, value: object, expected: str) -> OptionError:
 
 def unknown_option(name: str, known: list[str]) -> TypeError:
     return TypeError(f"unknown option {name!r}; the options are: {', '.join(known)}.")
+
+
+def session_option(name: str) -> TypeError:
+    return TypeError(
+        f"{name} applies to the pool, not to one call: set it with parallel.configure({name}=...)."
+    )
 
 
 def not_callable(obj: object) -> TypeError:

@@ -16,6 +16,13 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+POOL_OPTIONS = ("max_tasks_per_worker", "max_worker_memory")
+
+
+def _is_count(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
     """Everything a call can be told. `None` means "decide for me"."""
@@ -26,24 +33,48 @@ class Options:
     """Items sent to a worker together (default: chosen from the number of items)."""
     progress: bool = True
     """Show a progress bar (a widget in a notebook, text on stderr in a terminal)."""
+    retries: int = 0
+    """Run the items of a worker that died (or timed out) again, up to this many times."""
+    timeout: float | None = None
+    """Seconds one item may run; past it, its worker is stopped and TaskTimeoutError reported."""
+    errors: str = "raise"
+    """On a failing item: "raise" (stop the call), "return" (the exception takes the result's
+    place), or "skip" (leave the item out)."""
+    max_tasks_per_worker: int | None = None
+    """Replace a worker after it ran this many tasks (chunks): for libraries that leak."""
+    max_worker_memory: int | None = None
+    """Replace a worker that grew past this many bytes (checked between tasks)."""
 
     def __post_init__(self) -> None:
-        for name in ("workers", "chunksize"):
+        for name in ("workers", "chunksize", "max_tasks_per_worker", "max_worker_memory"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise errors.bad_option(name, value, "a positive whole number, or None for automatic")
+            if value is not None and not _is_count(value, minimum=1):
+                raise errors.bad_option(name, value, "a positive whole number, or None")
         if not isinstance(self.progress, bool):
             raise errors.bad_option("progress", self.progress, "True or False")
+        if not _is_count(self.retries, minimum=0):
+            raise errors.bad_option("retries", self.retries, "a whole number, 0 or more")
+        if self.timeout is not None and (
+            isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not self.timeout > 0
+        ):
+            raise errors.bad_option("timeout", self.timeout, "a number of seconds above 0, or None")
+        if self.errors not in ("raise", "return", "skip"):
+            raise errors.bad_option("errors", self.errors, '"raise", "return" or "skip"')
 
     @property
     def worker_count(self) -> int:
         return self.workers or usable_cpus()
 
-    def merged(self, **overrides: Any) -> Options:
-        """These options with `overrides` applied; None values leave the option as it is."""
+    def merged(self, session: bool = False, **overrides: Any) -> Options:
+        """These options with `overrides` applied; None values leave the option as it is.
+
+        Options of the pool itself are set for the session only (`session=True`).
+        """
         known = [f.name for f in dataclasses.fields(self)]
         for name in overrides:
             if name not in known:
                 raise errors.unknown_option(name, known)
+            if name in POOL_OPTIONS and not session:
+                raise errors.session_option(name)
         changes = {name: value for name, value in overrides.items() if value is not None}
         return dataclasses.replace(self, **changes)

@@ -97,11 +97,11 @@ def dump_chunk(items: list[Any], first_position: int) -> bytes:
     """Serialize a chunk of items; a failure names the first item that cannot be sent."""
     try:
         return dumps(items)
-    except Exception:
+    except (Exception, SystemExit):  # SystemExit: a hostile __reduce__ must not end the caller
         for offset, item in enumerate(items):
             try:
                 dumps(item)
-            except Exception as error:
+            except (Exception, SystemExit) as error:
                 raise errors.unpicklable_item(first_position + offset, item, error) from error
         raise
 

@@ -37,6 +37,8 @@ class Call:
     mode: str
     max_workers: int
     deliver: Callable[[object], None]  # receives TaskDone, TaskFailed and TaskLost
+    timeout: float | None = None  # seconds one item may run before its worker is stopped
+    keep_going: bool = False  # an item that raises becomes a Failure among the results
     # The caller's context: output written in it shows in the caller's notebook cell.
     context: contextvars.Context = dataclasses.field(default_factory=contextvars.copy_context)
     closed: bool = False  # set when the caller stops listening; later events are dropped
@@ -57,7 +59,11 @@ class Chunk:
     position: int  # of its first item in the call's input
     size: int
     items: bytes
-    first_item: str  # a short repr, for when the worker running it dies
+    attempts: int = 0  # runs of this chunk that a dead worker cut short
+    # When a chunk is run again without some items (their worker died on them), where each
+    # remaining item stands in the original chunk, and what replaces the ones taken out.
+    offsets: list[int] | None = None
+    holes: dict[int, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -68,7 +74,7 @@ class RunTask:
     function: bytes | None  # None when the worker already holds the function with this digest
     mode: str
     items: bytes
-    first_position: int
+    keep_going: bool
 
 
 @dataclasses.dataclass(slots=True)
@@ -89,6 +95,17 @@ class TaskDone:
 
 
 @dataclasses.dataclass(slots=True)
+class Failure:
+    """An exception raised in a worker, as it travels back (also a result, with keep_going)."""
+
+    error: bytes | None  # the pickled exception, when it can be rebuilt
+    detail: str  # "Type: message", for when it cannot
+    traceback: str
+    item: str  # a short repr of the item it was raised on
+    pid: int
+
+
+@dataclasses.dataclass(slots=True)
 class TaskFailed:
     """A task stopped at `offset` within its chunk; `results` holds the items before it."""
 
@@ -96,19 +113,19 @@ class TaskFailed:
     offset: int
     results: bytes
     stage: str  # "raised" (the function raised), "result" (unsendable result), "load"
-    error: bytes | None  # the pickled exception, when it could be pickled
-    detail: str  # "Type: message", for when `error` cannot be rebuilt
-    traceback: str
-    item: str  # a short repr of the failing item
-    pid: int
+    failure: Failure
 
 
 @dataclasses.dataclass(slots=True)
 class TaskLost:
-    """The worker running the task died; `error` says how."""
+    """The worker running the task died (or was stopped for running over the timeout)."""
 
     task_id: int
-    error: BaseException
+    pid: int
+    returncode: int | None
+    offset: int | None  # of the item it was running, None if it had not started one
+    timed_out: bool = False
+    error: BaseException | None = None  # set when the pool itself gave up (it was shut down)
 
 
 @dataclasses.dataclass(slots=True)
@@ -116,6 +133,23 @@ class Output:
     task_id: int
     stream: str  # "stdout" or "stderr"
     text: str
+
+
+# A worker's slot: integers it shares with the pool through a small memory map, written without
+# any message: the task it runs and the item within it (so a death or a timeout names the item),
+# and the last call cancelled (so a running chunk stops between items).
+SLOT_TASK, SLOT_ITEM, SLOT_CANCELLED = 0, 1, 2
+SLOT_BYTES = 3 * 8
+NOT_STARTED = -1
+
+
+class Raised:
+    """In a chunk's results (with keep_going): the item raised this instead of returning."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class ItemFailed(Exception):
@@ -138,24 +172,33 @@ def item_caller(func: Callable[..., Any], mode: str) -> Callable[[Any], Any]:
 
 
 def run_chunk(
-    func: Callable[..., Any], items: list[Any], mode: str, cancelled: Callable[[], bool]
+    func: Callable[..., Any], items: list[Any], mode: str, call_id: int, slot: Any, keep_going: bool,
 ) -> list[Any]:
-    """Call `func` on each item in order; stop early if the call was cancelled.
+    """Call `func` on each item in order; stop early if the call is cancelled.
+
+    `slot` (a memoryview of integers) is told which item runs. With `keep_going`, an exception
+    takes the item's place in the results (as the exception object) and the chunk goes on.
 
     Raises:
-        ItemFailed: the function raised; carries the item's offset and the results before it.
+        ItemFailed: the function raised (without keep_going); carries the offset and results so far.
     """
     call = item_caller(func, mode)
     results: list[Any] = []
     append = results.append
-    try:
-        for item in items:
-            if cancelled():
-                break
-            append(call(item))
-    except BaseException as error:  # SystemExit in a task is the task's failure too
-        raise ItemFailed(len(results), results, error) from error
-    return results
+    start = 0
+    while True:
+        try:
+            for offset in range(start, len(items)):
+                if slot[SLOT_CANCELLED] == call_id:
+                    return results
+                slot[SLOT_ITEM] = offset
+                append(call(items[offset]))
+            return results
+        except BaseException as error:  # SystemExit in a task is the task's failure too
+            if not keep_going:
+                raise ItemFailed(len(results), results, error) from error
+            append(Raised(error))
+            start = len(results)
 
 
 def length_hint(items: Iterable[Any]) -> int | None:

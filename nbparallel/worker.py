@@ -11,6 +11,7 @@ re-import of the user's script), with one socket to the pool. Two threads:
 from __future__ import annotations
 
 import collections
+import mmap
 import os
 import pickle
 import queue
@@ -19,7 +20,6 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 from multiprocess.connection import Connection
@@ -102,12 +102,14 @@ class _ForwardedStream:
         return True
 
 
-def _read_forever(conn: Connection, inbox: queue.SimpleQueue[Any], cancelled: collections.deque[int]) -> None:
+def _read_forever(conn: Connection, inbox: queue.SimpleQueue[Any], cancelled: collections.deque[int],
+                  slot: memoryview) -> None:
     try:
         while True:
             message = pickle.loads(conn.recv_bytes())
             if isinstance(message, tasks.CancelCall):
                 cancelled.append(message.call_id)
+                slot[tasks.SLOT_CANCELLED] = message.call_id  # a running chunk stops at its next item
             else:
                 inbox.put(message)
     except (EOFError, OSError):
@@ -130,27 +132,28 @@ def _pickled_exception(error: BaseException) -> bytes | None:
         data = serialize.dumps(error)
         serialize.loads(data)
         return data
-    except Exception:
+    except BaseException:  # even SystemExit from a hostile __reduce__: this is an error report
         return None
 
 
-def _failure(task: tasks.RunTask, stage: str, offset: int, items: list[Any], results: list[Any],
-             error: BaseException) -> tasks.TaskFailed:
-    try:
-        done = serialize.dumps(results)
-    except Exception:
-        done = serialize.dumps([])
-    return tasks.TaskFailed(
-        task_id=task.task_id,
-        offset=offset,
-        results=done,
-        stage=stage,
+def _describe(error: BaseException, item: Any) -> tasks.Failure:
+    return tasks.Failure(
         error=_pickled_exception(error),
         detail=f"{type(error).__name__}: {error}",
         traceback=_format_traceback(error),
-        item=errors.short_repr(items[offset]) if offset < len(items) else "",
+        item=errors.short_repr(item),
         pid=os.getpid(),
     )
+
+
+def _failed(task: tasks.RunTask, stage: str, offset: int, items: list[Any], results: list[Any],
+            error: BaseException) -> tasks.TaskFailed:
+    try:
+        done = serialize.dumps(results)
+    except BaseException:
+        done = serialize.dumps([])
+    item = items[offset] if offset < len(items) else "(the items could not be loaded)"
+    return tasks.TaskFailed(task.task_id, offset, done, stage, _describe(error, item))
 
 
 class _SetupNamespace:
@@ -181,8 +184,7 @@ class _SetupNamespace:
         namespace[self._MARK] = self.generation
 
 
-def _run(task: tasks.RunTask, functions: FunctionCache, setup: _SetupNamespace,
-         cancelled: Callable[[], bool]) -> object:
+def _run(task: tasks.RunTask, functions: FunctionCache, setup: _SetupNamespace, slot: memoryview) -> object:
     """Run one task; the message to send back."""
     items: list[Any] = []
     try:
@@ -195,47 +197,55 @@ def _run(task: tasks.RunTask, functions: FunctionCache, setup: _SetupNamespace,
         serialize.set_receiver_namespace(getattr(func, "__globals__", None))
         items = serialize.loads(task.items)
     except BaseException as error:
-        return _failure(task, "load", 0, items, [], error)
+        return _failed(task, "load", 0, items, [], error)
     start = time.perf_counter()
     try:
         if task.mode == "setup":
-            results = tasks.run_chunk(lambda values: setup.run(func, values), items, "map", cancelled)
+            results = tasks.run_chunk(
+                lambda values: setup.run(func, values), items, "map", task.call_id, slot, False
+            )
         else:
             setup.offer(func)
-            results = tasks.run_chunk(func, items, task.mode, cancelled)
+            results = tasks.run_chunk(func, items, task.mode, task.call_id, slot, task.keep_going)
     except tasks.ItemFailed as failed:
-        return _failure(task, "raised", failed.offset, items, failed.results, failed.error)
+        return _failed(task, "raised", failed.offset, items, failed.results, failed.error)
     seconds = time.perf_counter() - start
+    if task.keep_going:
+        results = [
+            _describe(r.error, items[offset]) if isinstance(r, tasks.Raised) else r
+            for offset, r in enumerate(results)
+        ]
     try:
         return tasks.TaskDone(task.task_id, serialize.dumps(results), seconds)
-    except Exception as error:
+    except BaseException as error:  # a result whose pickling raises, or even exits
         offset = _first_unsendable(results)
-        return _failure(task, "result", offset, items, results[:offset], error)
+        return _failed(task, "result", offset, items, results[:offset], error)
 
 
 def _first_unsendable(results: list[Any]) -> int:
     for offset, result in enumerate(results):
         try:
             serialize.dumps(result)
-        except Exception:
+        except BaseException:
             return offset
     return 0
 
 
 def main() -> None:
-    """Entry point of a worker process: `python -c ... <socket fd>`."""
+    """Entry point of a worker process: `python -c ... <socket fd> <slot fd>`."""
     # The kernel's interrupt (SIGINT to its whole process group) is for the kernel: the pool
     # decides which tasks to stop, and stops their workers itself. (The boot line ignores it
     # already; this keeps `main` right however it is started.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(int(sys.argv[1]))
+    slot = memoryview(mmap.mmap(int(sys.argv[2]), tasks.SLOT_BYTES)).cast("q")
     config = pickle.loads(conn.recv_bytes())
     sys.path[:] = config["sys_path"]
 
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     cancelled: collections.deque[int] = collections.deque(maxlen=_CANCELLED_REMEMBERED)
     threading.Thread(
-        target=_read_forever, args=(conn, inbox, cancelled), name="nbparallel-reader", daemon=True
+        target=_read_forever, args=(conn, inbox, cancelled, slot), name="nbparallel-reader", daemon=True
     ).start()
 
     sender = _Sender(conn)
@@ -251,10 +261,12 @@ def main() -> None:
             os._exit(0)
         functions.touch(task.digest, task.function)
         sender.task_id = task.task_id
+        slot[tasks.SLOT_ITEM] = tasks.NOT_STARTED
+        slot[tasks.SLOT_TASK] = task.task_id
         if task.call_id in cancelled:
             reply: object = tasks.TaskDone(task.task_id, serialize.dumps([]), 0.0)
         else:
-            reply = _run(task, functions, setup, lambda: task.call_id in cancelled)
+            reply = _run(task, functions, setup, slot)
         stdout.flush()
         stderr.flush()
         sender.send(reply)

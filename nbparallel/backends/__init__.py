@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .. import errors, tasks
+from ..options import Options
 
 BACKENDS = ("processes",)
 
@@ -29,6 +30,9 @@ class Backend(Protocol):
 
     def resize(self, workers: int) -> None: ...
 
+    def set_limits(self, max_tasks_per_worker: int | None, max_worker_memory: int | None) -> None:
+        """Recycle a worker after this many tasks, or when it grows past this many bytes."""
+
     def status(self) -> list[Any]: ...
 
     def worker_pids(self) -> list[int]: ...
@@ -36,10 +40,10 @@ class Backend(Protocol):
     def shutdown(self) -> None: ...
 
 
-def create(name: str, workers: int) -> Backend:
+def create(name: str, options: Options) -> Backend:
     """A new backend; heavy imports happen only for the backend asked for."""
     if name == "processes":
         from .process import ProcessPool
 
-        return ProcessPool(workers)
+        return ProcessPool(options.worker_count, options.max_tasks_per_worker, options.max_worker_memory)
     raise errors.bad_option("backend", name, f"one of {', '.join(map(repr, BACKENDS))}")

@@ -21,12 +21,15 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import mmap
 import os
 import pickle
 import signal
 import socket
 import subprocess
+import time
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Iterator
@@ -42,6 +45,7 @@ from ..worker import FunctionCache
 # behind a long one would wait while another worker sits idle.
 _PREFETCH_BELOW_SECONDS = 0.01
 _EXIT_WAIT_SECONDS = 2.0
+_TIMEOUT_CHECK_SECONDS = 0.05  # how often running items are checked against a call's timeout
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The kernel's interrupt is SIGINT to its whole process group, workers included, and a worker
 # still booting would die of it. So a worker is started with SIGINT blocked (the mask survives
@@ -70,12 +74,17 @@ class _Worker:
     process: subprocess.Popen[bytes]
     conn: Connection
     create_time: float
+    slot: memoryview  # see tasks.SLOT_*: which task and item the worker is running
     inflight: collections.deque[tuple[tasks.Call, tasks.Chunk]] = dataclasses.field(
         default_factory=collections.deque
     )
     functions: FunctionCache = dataclasses.field(default_factory=FunctionCache)
     tasks_done: int = 0
     fast_call_id: int = 0  # the call whose last task on this worker was short, if any
+    # For timeouts: the (task, item) last seen running, and since when.
+    watched: tuple[int, int] = (0, tasks.NOT_STARTED)
+    watched_since: float = 0.0
+    timed_out: bool = False
     retiring: bool = False  # takes no new tasks; stops once idle
     stopping: bool = False
 
@@ -107,10 +116,12 @@ def _sigint_blocked() -> Iterator[None]:
 def launch_worker() -> _Worker:
     """Start one worker interpreter connected to this process by a socket pair."""
     ours, theirs = socket.socketpair()
-    with ours, theirs, _sigint_blocked():
+    with ours, theirs, tempfile.TemporaryFile() as slot_file, _sigint_blocked():
+        slot_file.truncate(tasks.SLOT_BYTES)
+        slot = memoryview(mmap.mmap(slot_file.fileno(), tasks.SLOT_BYTES)).cast("q")
         process = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
+            [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(slot_file.fileno())],
+            pass_fds=[theirs.fileno(), slot_file.fileno()],
             stdin=subprocess.DEVNULL,
             env={**os.environ, "NBPARALLEL_WORKER": "1"},
         )
@@ -120,14 +131,17 @@ def launch_worker() -> _Worker:
     except psutil.Error:  # it died already; the dispatcher will see EOF and say why
         create_time = 0.0
     conn.send_bytes(pickle.dumps({"sys_path": list(sys.path)}))
-    return _Worker(process, conn, create_time)
+    return _Worker(process, conn, create_time, slot)
 
 
 class ProcessPool:
     """A pool of worker processes that lives as long as this process, or until `shutdown`."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, max_tasks_per_worker: int | None = None,
+                 max_worker_memory: int | None = None) -> None:
         self._size = workers
+        self._max_tasks = max_tasks_per_worker
+        self._max_memory = max_worker_memory
         self._lock = threading.Lock()
         self._workers: dict[Connection, _Worker] = {}
         self._pending: collections.deque[tuple[tasks.Call, tasks.Chunk]] = collections.deque()
@@ -196,6 +210,11 @@ class ProcessPool:
         for worker in workers:
             _reap(worker)
 
+    def set_limits(self, max_tasks_per_worker: int | None, max_worker_memory: int | None) -> None:
+        """Recycle a worker after this many tasks, or when it grows past this many bytes."""
+        with self._lock:
+            self._max_tasks, self._max_memory = max_tasks_per_worker, max_worker_memory
+
     def resize(self, workers: int) -> None:
         with self._lock:
             self._size = workers
@@ -235,7 +254,7 @@ class ProcessPool:
             self._record()
             self._wake()
         for call, chunk in lost:
-            call.deliver(tasks.TaskLost(chunk.task_id, errors.pool_shut_down()))
+            call.deliver(tasks.TaskLost(chunk.task_id, 0, None, None, error=errors.pool_shut_down()))
         for worker in workers:
             _reap(worker)
         if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
@@ -291,8 +310,10 @@ class ProcessPool:
             if self._closed:
                 return
             self._assign()
+            self._stop_overdue()
             connections = [self._wake_reader, *self._workers]
-        for ready in wait(connections):
+            watching = any(w.inflight and w.inflight[0][0].timeout for w in self._workers.values())
+        for ready in wait(connections, _TIMEOUT_CHECK_SECONDS if watching else None):
             if ready is self._wake_reader:
                 with self._lock:
                     while self._wake_reader.poll():
@@ -300,6 +321,20 @@ class ProcessPool:
                     self._woken = False
             else:
                 self._receive(ready)
+
+    def _stop_overdue(self) -> None:
+        """Kill workers whose current item has run longer than its call's timeout."""
+        now = time.monotonic()
+        for worker in self._workers.values():
+            timeout = worker.inflight[0][0].timeout if worker.inflight else None
+            if timeout is None or worker.timed_out:
+                continue
+            running = (worker.slot[tasks.SLOT_TASK], worker.slot[tasks.SLOT_ITEM])
+            if running != worker.watched:
+                worker.watched, worker.watched_since = running, now
+            elif now - worker.watched_since > timeout and running[0] == worker.inflight[0][1].task_id:
+                worker.timed_out = True
+                worker.process.kill()  # the only way to stop an item, whatever it is doing
 
     def _assign(self) -> None:
         """Send pending chunks, oldest first, to workers with room (least loaded first)."""
@@ -313,7 +348,7 @@ class ProcessPool:
 
     def _send_now(self, worker: _Worker, call: tasks.Call, items: bytes) -> None:
         """Send a task of `call` to this very worker, ahead of anything assigned later."""
-        self._send_task(worker, call, tasks.Chunk(tasks.next_id(), 0, 1, items, "(setup)"))
+        self._send_task(worker, call, tasks.Chunk(tasks.next_id(), 0, 1, items))
 
     def _send_task(self, worker: _Worker, call: tasks.Call, chunk: tasks.Chunk) -> None:
         worker.inflight.append((call, chunk))
@@ -321,7 +356,7 @@ class ProcessPool:
         worker.functions.touch(call.digest)
         self._send(worker, tasks.RunTask(
             chunk.task_id, call.call_id, call.digest,
-            call.function if send_function else None, call.mode, chunk.items, chunk.position,
+            call.function if send_function else None, call.mode, chunk.items, call.keep_going,
         ))
 
     def _free_worker(self, call: tasks.Call) -> _Worker | None:
@@ -329,8 +364,14 @@ class ProcessPool:
         candidates = [
             w for w in self._workers.values()
             if w.has_room() and (serving < call.max_workers or any(c is call for c, _ in w.inflight))
+            and (self._max_tasks is None or w.tasks_done + len(w.inflight) < self._max_tasks)
         ]
         return min(candidates, key=lambda w: len(w.inflight), default=None)
+
+    def _worn_out(self, worker: _Worker) -> bool:
+        if self._max_tasks is not None and worker.tasks_done >= self._max_tasks:
+            return True
+        return self._max_memory is not None and _memory_rss(worker.pid) > self._max_memory
 
     def _send(self, worker: _Worker, message: object) -> None:
         try:
@@ -356,6 +397,9 @@ class ProcessPool:
                 worker.tasks_done += 1
                 short = getattr(message, "seconds", _PREFETCH_BELOW_SECONDS) < _PREFETCH_BELOW_SECONDS
                 worker.fast_call_id = call.call_id if short else 0
+                if not worker.retiring and self._worn_out(worker):
+                    worker.retiring = True
+                    self._fill()  # its replacement starts now; it stops once idle
                 if worker.retiring and not worker.inflight:
                     self._retire_extra()
                 deliver = call.deliver
@@ -388,8 +432,11 @@ class ProcessPool:
         returncode = _reap(worker)
         if running is not None and not running[0].closed:
             call, chunk = running
-            error = errors.worker_died(worker.pid, returncode, chunk.position, chunk.size, chunk.first_item)
-            call.deliver(tasks.TaskLost(chunk.task_id, error))
+            offset = worker.slot[tasks.SLOT_ITEM] if worker.slot[tasks.SLOT_TASK] == chunk.task_id else None
+            call.deliver(tasks.TaskLost(
+                chunk.task_id, worker.pid, returncode,
+                offset if offset != tasks.NOT_STARTED else None, worker.timed_out,
+            ))
 
 
 def _reap(worker: _Worker) -> int | None:

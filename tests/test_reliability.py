@@ -1,0 +1,269 @@
+"""Things that go wrong in real work: crashes, hostile objects, timeouts, leaks. Nothing hangs."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from nbparallel import (
+    ResultError,
+    TaskExitError,
+    TaskTimeoutError,
+    UnsendableError,
+    WorkerDiedError,
+    parallel,
+)
+
+from .conftest import run_script, wait_until
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    parallel.configure(progress=False)
+    yield
+    parallel.configure(progress=True)
+
+
+# --- a worker dies ------------------------------------------------------------------------
+
+
+def exit_hard(x):
+    if x == 8:
+        os._exit(3)
+    return x
+
+
+def kill_self(x):
+    if x == 8:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def segfault(x):
+    if x == 8:
+        ctypes.string_at(0)
+    return x
+
+
+@pytest.mark.parametrize(
+    "func, how",
+    [
+        (exit_hard, r"exited with code 3"),
+        (kill_self, r"was killed by signal 9 .*out-of-memory killer"),
+        (segfault, r"was killed by signal 11 .*segmentation fault"),
+    ],
+    ids=["os._exit", "SIGKILL", "segfault"],
+)
+def test_a_dead_worker_fails_the_call_at_once_naming_pid_cause_and_item(func, how):
+    started = time.monotonic()
+    with pytest.raises(WorkerDiedError, match=rf"worker pid \d+ {how}") as info:
+        parallel.map(func, range(10), chunksize=5)  # item 8 is the fourth of the second chunk
+    assert time.monotonic() - started < 2.0
+    assert "while running item 8 (8)" in str(info.value)
+    assert parallel.map(abs, range(-3, 3)) == [3, 2, 1, 0, 1, 2]  # replaced; the pool works
+    wait_until(lambda: len(parallel.status().workers) == parallel.options.worker_count)
+
+
+def test_retries_run_the_items_of_a_dead_worker_again(tmp_path):
+    def dies_once(x):
+        marker = tmp_path / f"died-{x}"
+        if x == 3 and not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return x * 10
+
+    assert parallel.map(dies_once, range(6), chunksize=2, retries=1) == [0, 10, 20, 30, 40, 50]
+    (tmp_path / "died-3").unlink()
+    with pytest.raises(WorkerDiedError, match="item 3"):
+        parallel.map(dies_once, range(6), chunksize=2, retries=0)
+
+
+def test_sys_exit_in_a_task_is_a_task_error_not_the_callers_exit():
+    with pytest.raises(TaskExitError, match=r"item 2 \(2\): SystemExit: 7"):
+        parallel.map(lambda x: sys.exit(7) if x == 2 else x, range(4))
+
+
+# --- hostile objects at every boundary ------------------------------------------------------
+
+
+def _raise(*_):
+    raise ValueError("hostile object")
+
+
+def _exit(*_):
+    sys.exit(5)
+
+
+def _crash(*_):
+    os._exit(9)
+
+
+class Hostile:
+    """Misbehaves when pickled ("dump") or when unpickled ("load"), by raising, exiting or crashing."""
+
+    def __init__(self, phase: str, behaviour: str) -> None:
+        self.phase, self.behaviour = phase, behaviour
+
+    def __reduce__(self):
+        act = {"raise": _raise, "exit": _exit, "crash": _crash}[self.behaviour]
+        if self.phase == "dump":
+            return act()
+        return act, ()
+
+
+def make_hostile(phase_behaviour):
+    return Hostile(*phase_behaviour)
+
+
+BOUNDARIES = [
+    # (what misbehaves, where, expected error, message)
+    ("argument", ("dump", "raise"), UnsendableError, r"cannot send item 1 .*hostile object"),
+    ("argument", ("dump", "exit"), UnsendableError, r"cannot send item 1 .*SystemExit"),
+    ("argument", ("load", "raise"), ValueError, r"hostile object"),
+    ("argument", ("load", "exit"), TaskExitError, r"SystemExit: 5"),
+    ("argument", ("load", "crash"), WorkerDiedError, r"exited with code 9 before it started an item"),
+    ("result", ("dump", "raise"), ResultError, r"item 1 .*result cannot be sent back.*hostile object"),
+    ("result", ("dump", "exit"), ResultError, r"item 1 .*result cannot be sent back.*SystemExit"),
+    ("result", ("dump", "crash"), WorkerDiedError, r"exited with code 9"),
+    ("result", ("load", "raise"), ResultError, r"could not be rebuilt here: ValueError: hostile object"),
+    ("result", ("load", "exit"), ResultError, r"could not be rebuilt here: SystemExit: 5"),
+]
+
+
+@pytest.mark.parametrize("role, phase_behaviour, expected, message", BOUNDARIES,
+                         ids=[f"{r}-{p}-{b}" for r, (p, b), _, _ in BOUNDARIES])
+def test_hostile_objects_at_every_boundary_give_a_clear_error_and_a_usable_pool(role, phase_behaviour, expected, message):
+    """Crashing while pickling or unpickling *in the caller* is left out: it ends the caller itself."""
+    started = time.monotonic()
+    if role == "argument":
+        call = lambda: parallel.map(lambda x: 0, [0, Hostile(*phase_behaviour), 2], chunksize=3)  # noqa: E731
+    else:
+        call = lambda: parallel.map(  # noqa: E731
+            lambda x: make_hostile(phase_behaviour) if x == 1 else x, range(3), chunksize=3
+        )
+    with pytest.raises(expected, match=message):
+        call()
+    assert time.monotonic() - started < 5
+    assert parallel.map(abs, [-1, -2]) == [1, 2]
+
+
+# --- timeouts and keeping going -------------------------------------------------------------
+
+
+def sleepy(x):
+    if x == 1:
+        time.sleep(30)  # the workload: one item hangs
+    return x
+
+
+def test_timeout_stops_the_item_and_names_it():
+    started = time.monotonic()
+    with pytest.raises(TaskTimeoutError, match=r"timeout=0.5 s while running item 1 \(1\)"):
+        parallel.map(sleepy, range(4), chunksize=1, timeout=0.5)
+    assert time.monotonic() - started < 3
+    assert parallel.map(abs, [-5]) == [5]
+
+
+def test_timeout_with_errors_return_lets_the_other_items_go_on():
+    results = parallel.map(sleepy, range(6), chunksize=3, timeout=0.5, errors="return")
+    assert [r for i, r in enumerate(results) if i != 1] == [0, 2, 3, 4, 5]
+    assert isinstance(results[1], TaskTimeoutError) and isinstance(results[1], TimeoutError)
+
+
+def fails_on_odd(x):
+    if x % 2:
+        raise ArithmeticError(f"odd {x}")
+    return x
+
+
+def test_errors_return_puts_the_exception_in_the_items_place():
+    results = parallel.map(fails_on_odd, range(6), chunksize=4, errors="return")
+    assert results[0::2] == [0, 2, 4]
+    assert all(isinstance(r, ArithmeticError) and str(r) == f"odd {i}" for i, r in zip((1, 3, 5), results[1::2]))
+    assert "fails_on_odd" in results[1].__cause__.text
+
+
+def test_errors_skip_leaves_failing_items_out():
+    assert parallel.map(fails_on_odd, range(10), chunksize=3, errors="skip") == [0, 2, 4, 6, 8]
+    assert parallel.map(exit_hard, range(10), chunksize=4, errors="skip") == [0, 1, 2, 3, 4, 5, 6, 7, 9]
+
+
+def test_results_before_a_failure_are_kept():
+    with pytest.raises(ArithmeticError):
+        parallel.map(fails_on_odd, [0, 2, 4, 5, 6], chunksize=1, workers=1)
+    assert parallel.partial_results() == {0: 0, 1: 2, 2: 4}
+
+
+# --- memory and recycling -------------------------------------------------------------------
+
+
+def test_max_tasks_per_worker_recycles_workers(session):
+    session.configure(workers=2, max_tasks_per_worker=2)
+    pids = session.map(lambda _: os.getpid(), range(12), chunksize=1)
+    counts = {pid: pids.count(pid) for pid in set(pids)}
+    assert len(counts) >= 6 and max(counts.values()) <= 2
+
+
+def test_max_worker_memory_replaces_a_worker_that_grew(session):
+    session.configure(workers=1, max_worker_memory=150 * 2**20)
+
+    def leak(_):
+        import builtins
+
+        builtins.__dict__.setdefault("_leak", []).append(bytearray(200 * 2**20))  # a leaky library
+        return os.getpid()
+
+    first = session.map(leak, [0])
+    second = session.map(lambda _: os.getpid(), [0])
+    assert first != second
+
+
+def test_a_generator_of_large_inputs_is_not_read_ahead_of_the_workers():
+    pulled = []
+
+    def large_inputs():
+        for n in range(1_000):
+            pulled.append(n)
+            yield bytes(1_000_000)
+
+    results = parallel.imap(len, large_inputs(), chunksize=1)
+    assert next(results) == 1_000_000
+    results.close()
+    assert len(pulled) <= 2 * parallel.options.worker_count + 2
+
+
+# --- no leaks, clean exits -----------------------------------------------------------------
+
+
+def test_a_thousand_calls_leave_fds_threads_and_processes_as_they_were():
+    parallel.map(abs, range(4))  # the pool is started: it is not a leak
+    me = psutil.Process()
+    before = (me.num_fds(), threading.active_count(), len(me.children(recursive=True)))
+    for n in range(1_000):
+        parallel.map(abs, range(n % 7))
+    assert (me.num_fds(), threading.active_count(), len(me.children(recursive=True))) == before
+
+
+def test_interpreter_exit_with_work_in_flight_is_quick_and_clean(tmp_path):
+    started = time.monotonic()
+    result = run_script(
+        """
+        import os, time
+        from nbparallel import parallel
+        print(os.getpid(), flush=True)
+        results = parallel.imap(time.sleep, [60] * 8, chunksize=1, progress=False)
+        # leave with tasks running and queued
+        """,
+        tmp_path,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 10
+    assert "resource_tracker" not in result.stderr and "leaked" not in result.stderr
