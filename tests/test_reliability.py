@@ -255,11 +255,13 @@ def test_interpreter_exit_with_work_in_flight_is_quick_and_clean(tmp_path):
     started = time.monotonic()
     result = run_script(
         """
-        import os, time
+        import time
         from nbparallel import parallel
-        print(os.getpid(), flush=True)
-        results = parallel.imap(time.sleep, [60] * 8, chunksize=1, progress=False)
-        # leave with tasks running and queued
+        futures = [parallel.submit(time.sleep, 60) for _ in range(4)]  # two run, two wait
+        while not parallel.status().workers or not all(w.busy for w in parallel.status().workers):
+            time.sleep(0.01)
+        print(" ".join(str(w.pid) for w in parallel.status().workers), flush=True)
+        # the script ends here, with a task running on every worker
         """,
         tmp_path,
         timeout=30,
@@ -267,3 +269,6 @@ def test_interpreter_exit_with_work_in_flight_is_quick_and_clean(tmp_path):
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 10
     assert "resource_tracker" not in result.stderr and "leaked" not in result.stderr
+    workers = [int(pid) for pid in result.stdout.split()]
+    assert workers
+    wait_until(lambda: not any(psutil.pid_exists(pid) for pid in workers), timeout=5)
