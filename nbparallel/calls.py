@@ -35,7 +35,7 @@ def check_function(func: object) -> None:
 
 
 def stream(
-    backend: Callable[[], Backend], func: Callable[..., Any], items: Iterable[Any], options: Options,
+    get_backend: Callable[[], Backend], func: Callable[..., Any], items: Iterable[Any], options: Options,
     mode: str = "map", ordered: bool = True,
     keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
 ) -> Iterator[Any]:
@@ -57,9 +57,31 @@ def stream(
     if in_worker():
         call_item = tasks.item_caller(func, mode)
         return (call_item(item) for item in iterator)
-    payload = serialize.dump_function(func)
-    return _run(backend, payload, iterator, tasks.length_hint(items), options, mode, ordered,
-                keep_partial)
+    chosen = get_backend()
+    new_call = _call_factory(chosen, func, mode, options)
+    return _run(chosen, new_call, iterator, tasks.length_hint(items), options, ordered, keep_partial)
+
+
+def _call_factory(backend: Backend, func: Callable[..., Any], mode: str, options: Options,
+                  ) -> Callable[[Callable[[object], None], int], tasks.Call]:
+    """Serialize `func` once (if the backend copies it elsewhere); then make Calls of it.
+
+    Raises:
+        UnsendableError: the function or something it captures cannot be sent.
+    """
+    if backend.copies_data:
+        payload = serialize.dump_function(func)
+    else:
+        payload = serialize.FunctionPayload(serialize.function_name(func), b"", b"")
+
+    def new_call(deliver: Callable[[object], None], max_workers: int) -> tasks.Call:
+        return tasks.Call(
+            call_id=tasks.next_id(), name=payload.name, func=func, function=payload.data,
+            digest=payload.digest, mode=mode, max_workers=max_workers, deliver=deliver,
+            timeout=options.timeout, keep_going=options.errors != "raise",
+        )
+
+    return new_call
 
 
 def _checked_tuples(items: Iterator[Any]) -> Iterator[Any]:
@@ -70,24 +92,21 @@ def _checked_tuples(items: Iterator[Any]) -> Iterator[Any]:
 
 
 def _run(
-    get_backend: Callable[[], Backend], payload: serialize.FunctionPayload, items: Iterator[Any],
-    total: int | None, options: Options, mode: str, ordered: bool,
+    backend: Backend, new_call: Callable[[Callable[[object], None], int], tasks.Call],
+    items: Iterator[Any], total: int | None, options: Options, ordered: bool,
     keep_partial: Callable[[dict[int, Any]], None],
 ) -> Iterator[Any]:
     workers = options.worker_count
     events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    call = tasks.Call(
-        tasks.next_id(), payload.name, payload.data, payload.digest, mode, workers, events.put,
-        timeout=options.timeout, keep_going=options.errors != "raise",
-    )
+    call = new_call(events.put, workers)
     sizer = tasks.ChunkSizer(total, workers, options.chunksize)
     pieces = tasks.chunks(items, sizer)
     window = workers * _WINDOW_PER_WORKER
     submitted: collections.OrderedDict[int, tasks.Chunk] = collections.OrderedDict()
     finished: dict[int, list[Any]] = {}
-    backend: Backend | None = None
+    started = False
     more = True
-    progress = Progress(total, options.progress, payload.name)
+    progress = Progress(total, options.progress, call.name)
     ok = False
     try:
         while True:
@@ -97,11 +116,9 @@ def _run(
                     more = False
                     break
                 position, chunk_items = piece
-                chunk = tasks.Chunk(
-                    tasks.next_id(), position, len(chunk_items), serialize.dump_chunk(chunk_items, position)
-                )
-                backend = backend or get_backend()
+                chunk = tasks.Chunk(tasks.next_id(), position, len(chunk_items), chunk_items)
                 backend.submit(call, chunk)
+                started = True
                 submitted[chunk.task_id] = chunk
             if not submitted:
                 break
@@ -109,7 +126,6 @@ def _run(
             chunk = submitted[event.task_id]
             if isinstance(event, tasks.TaskLost):
                 if outcomes.recover(call, chunk, event, options.retries, options.errors):
-                    assert backend is not None
                     backend.submit(call, chunk)
                     continue
                 event = None  # every item of the chunk has its outcome already
@@ -127,12 +143,12 @@ def _run(
                 yield from finished.pop(task_id)
         ok = True
     except KeyboardInterrupt:
-        if backend is not None:
+        if started:
             backend.cancel(call, stop_running=True)
         raise
     finally:
         if not ok:
-            if backend is not None and not call.closed:
+            if started and not call.closed:
                 backend.cancel(call, stop_running=False)
             keep_partial({
                 position: result
@@ -156,8 +172,9 @@ def submit(
         except BaseException as error:
             future.set_exception(error)
         return future
-    payload = serialize.dump_function(func)
-    chunk = tasks.Chunk(tasks.next_id(), 0, 1, serialize.dump_chunk([(args, kwargs)], 0))
+    backend = get_backend()
+    new_call = _call_factory(backend, func, "apply", options)
+    chunk = tasks.Chunk(tasks.next_id(), 0, 1, [(args, kwargs)])
 
     def deliver(event: object) -> None:
         if future.cancelled():
@@ -175,10 +192,7 @@ def submit(
         if future.set_running_or_notify_cancel():
             future.set_result(result)
 
-    call = tasks.Call(
-        tasks.next_id(), payload.name, payload.data, payload.digest, "apply", 1, deliver, timeout=options.timeout
-    )
-    backend = get_backend()
+    call = new_call(deliver, 1)
 
     def stop_if_cancelled(done: Future[Any]) -> None:
         if done.cancelled():
@@ -202,17 +216,16 @@ def run_setup(get_backend: Callable[[], Backend], source: str, namespace: dict[s
     used = {name: namespace[name] for name in serialize.global_names(code) if name in namespace}
     carrier = types.FunctionType(code, {"__name__": "__main__", **used}, "every-worker cell")
     carrier.__qualname__ = carrier.__name__
-    payload = serialize.dump_function(carrier)
-    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    call = tasks.Call(tasks.next_id(), payload.name, payload.data, payload.digest, "setup", 0, events.put)
     backend = get_backend()
-    count = backend.run_on_every_worker(call, serialize.dump_chunk([used], 0))
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    call = _call_factory(backend, carrier, "setup", Options())(events.put, 0)
+    count = backend.run_on_every_worker(call, [used])
     try:
         for _ in range(count):
             event = events.get()
             if isinstance(event, tasks.TaskLost):
                 raise errors.worker_died(event.pid, event.returncode, None, None)
-            outcomes.results(call, tasks.Chunk(event.task_id, 0, 1, b""), event, "raise")
+            outcomes.results(call, tasks.Chunk(event.task_id, 0, 1, [used]), event, "raise")
     except KeyboardInterrupt:
         backend.cancel(call, stop_running=True)
         raise

@@ -17,7 +17,7 @@ _SKIPPED = object()  # stands for an item left out with errors="skip"
 def rebuild(call: tasks.Call, position: int, failure: tasks.Failure, stage: str = "raised") -> BaseException:
     """The exception a worker reported, as the user's own type, with the remote traceback as cause."""
     remote = errors.RemoteTraceback(f'\n"""\n{failure.traceback}"""')
-    error = serialize.loads(failure.error) if failure.error is not None else None
+    error = serialize.loads(failure.error) if isinstance(failure.error, bytes) else failure.error
     if stage == "result":
         built: BaseException = errors.unsendable_result(call.name, position, failure.item, failure.detail)
     elif error is None:
@@ -45,7 +45,7 @@ def lost(call: tasks.Call, chunk: tasks.Chunk, event: tasks.TaskLost) -> BaseExc
     if event.offset is not None:
         offsets = chunk.offsets or range(chunk.size)
         position = chunk.position + offsets[event.offset]
-        item = errors.short_repr(serialize.loads(chunk.items)[event.offset])
+        item = errors.short_repr(chunk.items[event.offset])
     if event.timed_out:
         assert call.timeout is not None
         return errors.timed_out(call.name, event.pid, call.timeout, position, item)
@@ -65,11 +65,11 @@ def recover(call: tasks.Call, chunk: tasks.Chunk, event: tasks.TaskLost, retries
         return True
     if mode == "raise" or event.offset is None:
         raise error
-    items = serialize.loads(chunk.items)
+    items = list(chunk.items)
     offsets = chunk.offsets or list(range(chunk.size))
     chunk.holes[offsets[event.offset]] = error if mode == "return" else _SKIPPED
     del items[event.offset], offsets[event.offset]
-    chunk.items, chunk.offsets, chunk.attempts = serialize.dumps(items), offsets, 0
+    chunk.items, chunk.offsets, chunk.attempts = items, offsets, 0
     return bool(items)
 
 
@@ -83,10 +83,7 @@ def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None, mode: st
         raise rebuild(call, chunk.position + _original(chunk, event.offset), event.failure, event.stage)
     ran: list[Any] = []
     if isinstance(event, tasks.TaskDone):
-        try:
-            ran = serialize.loads(event.results)
-        except BaseException as error:  # a result whose unpickling raises, or even exits
-            raise errors.unloadable_results(call.name, chunk.position, chunk.size, error) from error
+        ran = _loaded(call, chunk, event.results)
     if chunk.offsets is not None:
         merged: list[Any] = [None] * chunk.size
         for offset, result in zip(chunk.offsets, ran):
@@ -103,6 +100,15 @@ def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None, mode: st
         if result is not _SKIPPED:
             kept.append(result)
     return kept
+
+
+def _loaded(call: tasks.Call, chunk: tasks.Chunk, results: bytes | list[Any]) -> list[Any]:
+    if isinstance(results, list):  # from a thread: nothing was serialized
+        return results
+    try:
+        return serialize.loads(results)
+    except BaseException as error:  # a result whose unpickling raises, or even exits
+        raise errors.unloadable_results(call.name, chunk.position, chunk.size, error) from error
 
 
 def _original(chunk: tasks.Chunk, offset: int) -> int:

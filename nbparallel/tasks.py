@@ -30,7 +30,8 @@ class Call:
 
     call_id: int
     name: str  # the function's name, for messages
-    function: bytes  # serialized once for the whole call
+    func: Callable[..., Any]  # the function itself, for backends that run in this process
+    function: bytes  # serialized once for the whole call (empty for backends that need not)
     digest: bytes
     # How an item is passed: "map" f(x), "star" f(*x), "apply" f(*args, **kwargs); "setup" runs
     # the function's code in the worker's own namespace, where later tasks find what it defines.
@@ -58,7 +59,8 @@ class Chunk:
     task_id: int
     position: int  # of its first item in the call's input
     size: int
-    items: bytes
+    items: list[Any]
+    data: bytes = b""  # the items serialized, by a backend that sends them to another process
     attempts: int = 0  # runs of this chunk that a dead worker cut short
     # When a chunk is run again without some items (their worker died on them), where each
     # remaining item stands in the original chunk, and what replaces the ones taken out.
@@ -90,7 +92,7 @@ class StopWorker:
 @dataclasses.dataclass(slots=True)
 class TaskDone:
     task_id: int
-    results: bytes
+    results: bytes | list[Any]  # serialized by a worker process; the list itself from a thread
     seconds: float
 
 
@@ -98,7 +100,7 @@ class TaskDone:
 class Failure:
     """An exception raised in a worker, as it travels back (also a result, with keep_going)."""
 
-    error: bytes | None  # the pickled exception, when it can be rebuilt
+    error: bytes | BaseException | None  # pickled (None if it cannot be rebuilt), or itself from a thread
     detail: str  # "Type: message", for when it cannot
     traceback: str
     item: str  # a short repr of the item it was raised on
@@ -111,7 +113,7 @@ class TaskFailed:
 
     task_id: int
     offset: int
-    results: bytes
+    results: bytes | list[Any]
     stage: str  # "raised" (the function raised), "result" (unsendable result), "load"
     failure: Failure
 

@@ -13,6 +13,9 @@ BACKENDS = ("processes",)
 class Backend(Protocol):
     """What a call needs from the place its tasks run."""
 
+    copies_data: bool
+    """True if tasks run in other processes: functions and items are serialized for them."""
+
     @property
     def size(self) -> int: ...
 
@@ -22,7 +25,7 @@ class Backend(Protocol):
     def cancel(self, call: tasks.Call, stop_running: bool) -> None:
         """Forget the call's queued chunks; with `stop_running`, stop its running tasks at once."""
 
-    def run_on_every_worker(self, call: tasks.Call, items: bytes) -> int:
+    def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
         """Run a setup task on every worker now and on each one started later; how many got it."""
 
     def restart(self) -> None:

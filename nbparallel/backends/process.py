@@ -33,6 +33,7 @@ import tempfile
 import threading
 import traceback
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 from multiprocess.connection import Connection, Pipe, wait
@@ -137,6 +138,8 @@ def launch_worker() -> _Worker:
 class ProcessPool:
     """A pool of worker processes that lives as long as this process, or until `shutdown`."""
 
+    copies_data = True
+
     def __init__(self, workers: int, max_tasks_per_worker: int | None = None,
                  max_worker_memory: int | None = None) -> None:
         self._size = workers
@@ -149,7 +152,7 @@ class ProcessPool:
         self._woken = False
         self._dispatcher: threading.Thread | None = None
         self._closed = False
-        self._setups: list[tuple[tasks.Call, bytes]] = []  # replayed on every new worker
+        self._setups: list[tuple[tasks.Call, list[Any]]] = []  # replayed on every new worker
 
     # --- called from the caller's thread ------------------------------------------------
 
@@ -158,7 +161,12 @@ class ProcessPool:
         return self._size
 
     def submit(self, call: tasks.Call, chunk: tasks.Chunk) -> None:
-        """Queue a chunk of `call`; its events arrive through `call.deliver`."""
+        """Queue a chunk of `call`; its events arrive through `call.deliver`.
+
+        Raises:
+            UnsendableError: an item cannot be serialized (before anything is queued or started).
+        """
+        chunk.data = serialize.dump_chunk(chunk.items, chunk.position)
         with self._lock:
             if self._closed:
                 raise errors.pool_shut_down()
@@ -185,7 +193,7 @@ class ProcessPool:
                 else:
                     self._send(worker, tasks.CancelCall(call.call_id))
 
-    def run_on_every_worker(self, call: tasks.Call, items: bytes) -> int:
+    def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
         """Run a setup task on every worker now, and first thing on every worker started later.
 
         Returns how many workers got it: that many events arrive through `call.deliver`.
@@ -346,9 +354,11 @@ class ProcessPool:
             self._pending.popleft()
             self._send_task(worker, call, chunk)
 
-    def _send_now(self, worker: _Worker, call: tasks.Call, items: bytes) -> None:
+    def _send_now(self, worker: _Worker, call: tasks.Call, items: list[Any]) -> None:
         """Send a task of `call` to this very worker, ahead of anything assigned later."""
-        self._send_task(worker, call, tasks.Chunk(tasks.next_id(), 0, 1, items))
+        chunk = tasks.Chunk(tasks.next_id(), 0, 1, items)
+        chunk.data = serialize.dump_chunk(items, 0)
+        self._send_task(worker, call, chunk)
 
     def _send_task(self, worker: _Worker, call: tasks.Call, chunk: tasks.Chunk) -> None:
         worker.inflight.append((call, chunk))
@@ -356,7 +366,7 @@ class ProcessPool:
         worker.functions.touch(call.digest)
         self._send(worker, tasks.RunTask(
             chunk.task_id, call.call_id, call.digest,
-            call.function if send_function else None, call.mode, chunk.items, call.keep_going,
+            call.function if send_function else None, call.mode, chunk.data, call.keep_going,
         ))
 
     def _free_worker(self, call: tasks.Call) -> _Worker | None:
