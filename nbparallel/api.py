@@ -6,6 +6,7 @@ every call), and hands each call to `calls`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import threading
@@ -54,7 +55,7 @@ class Parallel:
 
     def __init__(self) -> None:
         self._options = Options()
-        self._backend: backends.Backend | None = None
+        self._backends: dict[str, backends.Backend] = {}  # started on first use, one per kind
         self._lock = threading.Lock()
         self._partial: dict[int, Any] = {}
         self._setup_count = 0
@@ -62,14 +63,21 @@ class Parallel:
     # --- session ------------------------------------------------------------------------
 
     def configure(self, **options: Any) -> Options:
-        """Set session defaults (workers, chunksize, progress); returns the options in force."""
+        """Set session defaults (any option of `Options`); returns the options in force.
+
+        Changing `address` replaces the session's dask backend (the next call connects anew).
+        """
         with self._lock:
-            self._options = self._options.merged(session=True, **options)
-            if self._backend is not None:
-                if self._backend.size != self._options.worker_count:
-                    self._backend.resize(self._options.worker_count)
-                self._backend.set_limits(self._options.max_tasks_per_worker, self._options.max_worker_memory)
-            return self._options
+            previous, self._options = self._options, self._options.merged(session=True, **options)
+            retired = self._backends.pop("dask", None) if previous.address is not self._options.address else None
+            backend = self._backends.get(self._options.backend)
+            if backend is not None:
+                if backend.size != self._options.worker_count:
+                    backend.resize(self._options.worker_count)
+                backend.set_limits(self._options.max_tasks_per_worker, self._options.max_worker_memory)
+        if retired is not None:
+            retired.shutdown()
+        return self._options
 
     @property
     def options(self) -> Options:
@@ -77,21 +85,28 @@ class Parallel:
 
     def _get_backend(self, options: Options) -> backends.Backend:
         with self._lock:
-            if self._backend is None:
-                self._backend = backends.create("processes", self._options)
-            if self._backend.size < options.worker_count:
-                self._backend.resize(options.worker_count)
-            return self._backend
+            backend = self._backends.get(options.backend)
+            if backend is None:
+                backend = self._backends[options.backend] = backends.create(
+                    dataclasses.replace(self._options, backend=options.backend, workers=options.workers)
+                )
+            if backend.size < options.worker_count:
+                backend.resize(options.worker_count)
+            return backend
+
+    def _session_backend(self) -> backends.Backend | None:
+        return self._backends.get(self._options.backend)
 
     def status(self) -> PoolStatus:
-        """The workers of the pool: pid, busy or idle, tasks done, memory."""
-        backend = self._backend
+        """The workers of the session's backend: pid, busy or idle, tasks done, memory."""
+        backend = self._session_backend()
         return PoolStatus(backend.status() if backend is not None else [])
 
     def restart(self) -> None:
         """Replace every worker with a fresh process; every-worker setup code runs again."""
-        if self._backend is not None:
-            self._backend.restart()
+        backend = self._session_backend()
+        if backend is not None:
+            backend.restart()
 
     def run_on_every_worker(self, source: str, namespace: dict[str, Any] | None = None) -> int:
         """Run Python `source` once in every worker, and first thing in each worker started later.
@@ -115,10 +130,14 @@ class Parallel:
         return dict(sorted(self._partial.items()))
 
     def shutdown(self) -> None:
-        """Stop all workers now (every-worker setup is forgotten). The next call starts a fresh pool."""
+        """Stop all workers of every backend now (every-worker setup is forgotten).
+
+        The next call starts afresh. A dask cluster given by address or Client is left running;
+        one nbparallel started itself is closed.
+        """
         with self._lock:
-            backend, self._backend = self._backend, None
-        if backend is not None:
+            stopping, self._backends = list(self._backends.values()), {}
+        for backend in stopping:
             backend.shutdown()
 
     # --- calls --------------------------------------------------------------------------

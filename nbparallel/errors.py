@@ -198,6 +198,28 @@ def unknown_option(name: str, known: list[str]) -> TypeError:
     return TypeError(f"unknown option {name!r}; the options are: {', '.join(known)}.")
 
 
+def timeout_needs_processes(backend: str) -> OptionError:
+    return OptionError(
+        f"timeout= needs the processes backend: a task on {backend} cannot be stopped once it "
+        f"runs. Use backend=\"processes\", or check the time inside the function."
+    )
+
+
+def dask_missing() -> ModuleNotFoundError:
+    return ModuleNotFoundError(
+        'the dask backend needs dask.distributed, which is not installed. Install it with: '
+        'pip install "nbparallel[dask]"', name="distributed",
+    )
+
+
+def dask_task_lost(func_name: str, position: int, size: int, error: BaseException) -> WorkerDiedError:
+    return WorkerDiedError(
+        f"the dask cluster lost the task running {func_name!r} on items {position} to "
+        f"{position + size - 1}: {type(error).__name__}: {error}. A worker may have died (memory?); "
+        f"the cluster replaces it."
+    )
+
+
 def session_option(name: str) -> TypeError:
     return TypeError(
         f"{name} applies to the pool, not to one call: set it with parallel.configure({name}=...)."
@@ -230,6 +252,10 @@ def nested_setup() -> NbParallelError:
         "%%parallel --every-worker cannot run inside a task: it sets up the pool's workers, "
         "and a task runs in one of them. Run it in the notebook."
     )
+
+
+def pool_restarted() -> NbParallelError:
+    return NbParallelError("the pool was restarted while this task was running; run the call again.")
 
 
 def pool_shut_down() -> NbParallelError:

@@ -16,7 +16,8 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-POOL_OPTIONS = ("max_tasks_per_worker", "max_worker_memory")
+POOL_OPTIONS = ("max_tasks_per_worker", "max_worker_memory", "address")
+BACKENDS = ("processes", "threads", "dask")
 
 
 def _is_count(value: object, minimum: int) -> bool:
@@ -44,6 +45,11 @@ class Options:
     """Replace a worker after it ran this many tasks (chunks): for libraries that leak."""
     max_worker_memory: int | None = None
     """Replace a worker that grew past this many bytes (checked between tasks)."""
+    backend: str = "processes"
+    """Where tasks run: "processes" (this machine's cores), "threads" (I/O-bound work), "dask"."""
+    address: Any = None
+    """For the dask backend: a scheduler address ("tcp://host:8786") or a distributed.Client;
+    None starts a LocalCluster once and reuses it."""
 
     def __post_init__(self) -> None:
         for name in ("workers", "chunksize", "max_tasks_per_worker", "max_worker_memory"):
@@ -60,6 +66,10 @@ class Options:
             raise errors.bad_option("timeout", self.timeout, "a number of seconds above 0, or None")
         if self.errors not in ("raise", "return", "skip"):
             raise errors.bad_option("errors", self.errors, '"raise", "return" or "skip"')
+        if self.backend not in BACKENDS:
+            raise errors.bad_option("backend", self.backend, " or ".join(map(repr, BACKENDS)))
+        if self.timeout is not None and self.backend != "processes":
+            raise errors.timeout_needs_processes(self.backend)
 
     @property
     def worker_count(self) -> int:

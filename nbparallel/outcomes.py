@@ -16,6 +16,7 @@ _SKIPPED = object()  # stands for an item left out with errors="skip"
 
 def rebuild(call: tasks.Call, position: int, failure: tasks.Failure, stage: str = "raised") -> BaseException:
     """The exception a worker reported, as the user's own type, with the remote traceback as cause."""
+    live = isinstance(failure.error, BaseException)  # from a thread: it has its own traceback
     remote = errors.RemoteTraceback(f'\n"""\n{failure.traceback}"""')
     error = serialize.loads(failure.error) if isinstance(failure.error, bytes) else failure.error
     if stage == "result":
@@ -33,7 +34,8 @@ def rebuild(call: tasks.Call, position: int, failure: tasks.Failure, stage: str 
                 position, failure.item, failure.pid
             )
             built.add_note(note)
-    built.__cause__ = remote
+    if not (live and built is error):
+        built.__cause__ = remote
     return built
 
 

@@ -11,10 +11,13 @@ import contextvars
 import dataclasses
 import itertools
 import math
+import os
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 next_id = itertools.count(1).__next__  # ids of calls and tasks, unique in this process
 
 # A chunk should keep a worker busy for about this long: long enough that sending it costs
@@ -162,6 +165,14 @@ class ItemFailed(Exception):
         self.offset = offset
         self.results = results
         self.error = error
+
+
+def format_traceback(error: BaseException) -> str:
+    """The traceback of a task's exception, without nbparallel's own frames."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
 
 
 def item_caller(func: Callable[..., Any], mode: str) -> Callable[[Any], Any]:

@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from typing import Any
 
 from multiprocess.connection import Connection
@@ -118,14 +117,6 @@ def _read_forever(conn: Connection, inbox: queue.SimpleQueue[Any], cancelled: co
     os._exit(0)
 
 
-def _format_traceback(error: BaseException) -> str:
-    """The traceback of a task's exception, without nbparallel's own frames."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename in (tasks.__file__, __file__):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(error), error, tb))
-
-
 def _pickled_exception(error: BaseException) -> bytes | None:
     """The exception as bytes, if the pool will be able to rebuild it; else None."""
     try:
@@ -140,7 +131,7 @@ def _describe(error: BaseException, item: Any) -> tasks.Failure:
     return tasks.Failure(
         error=_pickled_exception(error),
         detail=f"{type(error).__name__}: {error}",
-        traceback=_format_traceback(error),
+        traceback=tasks.format_traceback(error),
         item=errors.short_repr(item),
         pid=os.getpid(),
     )
@@ -156,7 +147,7 @@ def _failed(task: tasks.RunTask, stage: str, offset: int, items: list[Any], resu
     return tasks.TaskFailed(task.task_id, offset, done, stage, _describe(error, item))
 
 
-class _SetupNamespace:
+class SetupNamespace:
     """What `%%parallel --every-worker` cells defined in this worker, offered to later tasks.
 
     A task's function arrives with its own globals (what it captured in the notebook); names it
@@ -184,8 +175,8 @@ class _SetupNamespace:
         namespace[self._MARK] = self.generation
 
 
-def _run(task: tasks.RunTask, functions: FunctionCache, setup: _SetupNamespace, slot: memoryview) -> object:
-    """Run one task; the message to send back."""
+def run_task(task: tasks.RunTask, functions: FunctionCache, setup: SetupNamespace, slot: Any) -> object:
+    """Run one task (loading its function and items); the message to send back."""
     items: list[Any] = []
     try:
         func = functions.get(task.digest)
@@ -252,7 +243,7 @@ def main() -> None:
     stdout, stderr = _ForwardedStream(sender, "stdout"), _ForwardedStream(sender, "stderr")
     sys.stdout, sys.stderr = stdout, stderr
     functions = FunctionCache()
-    setup = _SetupNamespace()
+    setup = SetupNamespace()
     while True:
         task: tasks.RunTask | tasks.StopWorker = inbox.get()
         if isinstance(task, tasks.StopWorker):
@@ -266,7 +257,7 @@ def main() -> None:
         if task.call_id in cancelled:
             reply: object = tasks.TaskDone(task.task_id, serialize.dumps([]), 0.0)
         else:
-            reply = _run(task, functions, setup, slot)
+            reply = run_task(task, functions, setup, slot)
         stdout.flush()
         stderr.flush()
         sender.send(reply)

@@ -44,10 +44,14 @@ def children() -> set[tuple[int, float]]:
     return found
 
 
+# Sessions kept across several tests (besides `parallel`): their workers are not leaks.
+KEPT_SESSIONS: list[Parallel] = []
+
+
 def leaked(before: set[tuple[int, float]]) -> set[tuple[int, float]]:
-    """Processes started since `before` that are neither the session pool's workers nor
+    """Processes started since `before` that are neither the workers of a kept session nor
     descendants of a process that was already there (a kernel kept for several tests owns those)."""
-    allowed = {w.pid for w in parallel.status().workers}
+    allowed = {w.pid for session in [parallel, *KEPT_SESSIONS] for w in session.status().workers}
     kept = {pid for pid, _ in before}
     found = set()
     for pid, created in children() - before:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
-from .. import errors, tasks
-from ..options import Options
+from .. import tasks
+from ..options import BACKENDS, Options
 
-BACKENDS = ("processes",)
+__all__ = ["BACKENDS", "Backend", "WorkerStatus", "create"]
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStatus:
+    pid: int  # a process id (for threads: the thread's native id)
+    state: str  # "idle", "busy", or "stopping" (the pool shrank; it exits once idle)
+    tasks_done: int
+    memory_rss: int  # bytes (for threads: the whole process)
+
+    @property
+    def busy(self) -> bool:
+        return self.state == "busy"
 
 
 class Backend(Protocol):
@@ -36,17 +49,21 @@ class Backend(Protocol):
     def set_limits(self, max_tasks_per_worker: int | None, max_worker_memory: int | None) -> None:
         """Recycle a worker after this many tasks, or when it grows past this many bytes."""
 
-    def status(self) -> list[Any]: ...
-
-    def worker_pids(self) -> list[int]: ...
+    def status(self) -> list[WorkerStatus]: ...
 
     def shutdown(self) -> None: ...
 
 
-def create(name: str, options: Options) -> Backend:
-    """A new backend; heavy imports happen only for the backend asked for."""
-    if name == "processes":
+def create(options: Options) -> Backend:
+    """A new backend of the kind `options.backend` names; only that backend's module is imported."""
+    if options.backend == "processes":
         from .process import ProcessPool
 
         return ProcessPool(options.worker_count, options.max_tasks_per_worker, options.max_worker_memory)
-    raise errors.bad_option("backend", name, f"one of {', '.join(map(repr, BACKENDS))}")
+    if options.backend == "threads":
+        from .thread import ThreadPool
+
+        return ThreadPool(options.worker_count)
+    from .dask import DaskBackend  # Options allows no other name
+
+    return DaskBackend(options.worker_count, options.address)

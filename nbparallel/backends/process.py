@@ -39,6 +39,7 @@ import psutil
 from multiprocess.connection import Connection, Pipe, wait
 
 from .. import errors, lifecycle, serialize, tasks
+from . import WorkerStatus
 from ..worker import FunctionCache
 
 # A worker whose last task took less than this gets its next task queued behind the running one,
@@ -56,18 +57,6 @@ _BOOT = (
     "hasattr(_signal, 'pthread_sigmask') and _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [_signal.SIGINT]); "
     f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from nbparallel.worker import main; main()"
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerStatus:
-    pid: int
-    state: str  # "idle", "busy", or "stopping" (the pool shrank; it exits once idle)
-    tasks_done: int
-    memory_rss: int  # bytes
-
-    @property
-    def busy(self) -> bool:
-        return self.state == "busy"
 
 
 @dataclasses.dataclass(eq=False)
@@ -210,13 +199,19 @@ class ProcessPool:
             return len(workers)
 
     def restart(self) -> None:
-        """Replace every worker with a fresh one (setup tasks are replayed); running tasks fail."""
+        """Replace every worker with a fresh one (setup tasks are replayed); running tasks fail.
+
+        The replacements exist when this returns.
+        """
         with self._lock:
-            workers = [w for w in self._workers.values() if not w.retiring]
-        for worker in workers:
-            worker.process.kill()  # the dispatcher sees EOF, reports its tasks and replaces it
-        for worker in workers:
+            old = [w for w in self._workers.values() if not w.retiring]
+            for worker in old:
+                worker.process.kill()
+            running = [self._forget(worker) for worker in old]
+        for worker, entry in zip(old, running):
             _reap(worker)
+            if entry is not None and not entry[0].closed:
+                entry[0].deliver(tasks.TaskLost(entry[1].task_id, worker.pid, None, None, error=errors.pool_restarted()))
 
     def set_limits(self, max_tasks_per_worker: int | None, max_worker_memory: int | None) -> None:
         """Recycle a worker after this many tasks, or when it grows past this many bytes."""
@@ -241,10 +236,6 @@ class ProcessPool:
             )
             for w in workers
         ]
-
-    def worker_pids(self) -> list[int]:
-        with self._lock:
-            return [w.pid for w in self._workers.values()]
 
     def shutdown(self) -> None:
         """Stop every worker (waiting briefly for a clean exit, then killing) and the dispatcher."""
@@ -420,25 +411,31 @@ class ProcessPool:
         elif deliver is not None:
             deliver(message)
 
+    def _forget(self, worker: _Worker) -> tuple[tasks.Call, tasks.Chunk] | None:
+        """Take a dead (or killed) worker out of the pool, replace it, requeue what it had not
+        started; returns the task it was running, if any. Called with the lock held."""
+        del self._workers[worker.conn]  # its EOF, when the dispatcher sees it, is then ignored
+        running = worker.inflight[0] if worker.inflight else None
+        if running is not None and running[0].mode == "setup":
+            # A setup task that kills its worker would kill every replacement too.
+            self._setups = [(c, items) for c, items in self._setups if c is not running[0]]
+        if not self._closed:
+            self._fill()
+            queued = [
+                (call, chunk) for call, chunk in list(worker.inflight)[1:]
+                if call.mode != "setup" and not call.closed  # setups are replayed anyway
+            ]
+            self._pending.extendleft(reversed(queued))
+            self._wake()
+        return running
+
     def _on_exit(self, conn: Connection) -> None:
         conn.close()
         with self._lock:
-            worker = self._workers.pop(conn, None)
+            worker = self._workers.get(conn)
             if worker is None:
-                return  # shut down on purpose
-            running = worker.inflight[0] if worker.inflight else None
-            if running is not None and running[0].mode == "setup":
-                # A setup task that kills its worker would kill every replacement too.
-                self._setups = [(c, items) for c, items in self._setups if c is not running[0]]
-            if not self._closed:
-                self._fill()
-                # Tasks queued behind the running one never started: another worker takes them.
-                queued = [
-                    (call, chunk) for call, chunk in list(worker.inflight)[1:]
-                    if call.mode != "setup" and not call.closed  # setups are replayed anyway
-                ]
-                self._pending.extendleft(reversed(queued))
-                self._wake()
+                return  # shut down, restarted or retired on purpose
+            running = self._forget(worker)
         returncode = _reap(worker)
         if running is not None and not running[0].closed:
             call, chunk = running

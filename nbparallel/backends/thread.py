@@ -1,0 +1,181 @@
+"""The threads backend: tasks run on threads of this process, and nothing is serialized.
+
+For I/O-bound work (downloads, file reads, database calls) and for functions that release the
+GIL (NumPy, most compression and hashing): no process start, no copying of arguments or results,
+and captured locks, files and connections are shared as they are. What threads cannot do: stop a
+running item (a timeout or an interrupt stops the call, but the item runs on to its end), use
+more than one core for pure-Python code, or survive a crash of the process.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import types
+import weakref
+from typing import Any
+
+import psutil
+
+from .. import errors, tasks
+from . import WorkerStatus
+
+
+class ThreadPool:
+    """Worker threads fed from one queue; started on first use."""
+
+    copies_data = False
+
+    def __init__(self, workers: int) -> None:
+        self._size = workers
+        self._jobs: queue.SimpleQueue[tuple[tasks.Call, tasks.Chunk] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[int, tuple[tasks.Call, list[int]]] = {}  # thread id -> call, slot
+        self._done: dict[int, int] = {}
+        # What `%%parallel --every-worker` cells defined: threads share one process, so such a
+        # cell runs once, and its names are offered to every later task.
+        self._setup_names: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+        self._setup_generation = 0
+        self._with_setup: weakref.WeakKeyDictionary[types.FunctionType, tuple[int, types.FunctionType]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def submit(self, call: tasks.Call, chunk: tasks.Chunk) -> None:
+        with self._lock:
+            self._grow()
+        self._jobs.put((call, chunk))
+
+    def cancel(self, call: tasks.Call, stop_running: bool) -> None:
+        """Queued chunks of the call are dropped; running ones stop before their next item."""
+        call.closed = True
+        with self._lock:
+            for running_call, slot in self._running.values():
+                if running_call is call:
+                    slot[tasks.SLOT_CANCELLED] = call.call_id
+
+    def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
+        self.submit(call, tasks.Chunk(tasks.next_id(), 0, 1, items))
+        return 1
+
+    def restart(self) -> None:
+        """Threads hold no state of their own to refresh: nothing to do."""
+
+    def resize(self, workers: int) -> None:
+        with self._lock:
+            extra = len(self._threads) - workers
+            self._size = workers
+            self._grow()
+        for _ in range(extra):
+            self._jobs.put(None)  # the thread that takes it stops
+
+    def set_limits(self, max_tasks_per_worker: int | None, max_worker_memory: int | None) -> None:
+        """Recycling applies to worker processes; threads have no memory of their own."""
+
+    def status(self) -> list[WorkerStatus]:
+        memory = psutil.Process().memory_info().rss
+        with self._lock:
+            return [
+                WorkerStatus(
+                    thread.native_id or 0, "busy" if thread.ident in self._running else "idle",
+                    self._done.get(thread.ident or 0, 0), memory,
+                )
+                for thread in self._threads
+            ]
+
+    def shutdown(self) -> None:
+        """Stop the threads once their current items end (a running item cannot be stopped)."""
+        with self._lock:
+            threads = list(self._threads)
+            self._size = 0
+            for call, slot in self._running.values():
+                call.closed = True
+                slot[tasks.SLOT_CANCELLED] = call.call_id
+        for _ in threads:
+            self._jobs.put(None)
+
+    def _grow(self) -> None:
+        while len(self._threads) < self._size:
+            thread = threading.Thread(
+                target=self._work, name=f"nbparallel-thread-{len(self._threads)}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _work(self) -> None:
+        me = threading.get_ident()
+        try:
+            self._work_until_told(me)
+        finally:
+            with self._lock:
+                self._threads = [t for t in self._threads if t.ident != me]
+
+    def _work_until_told(self, me: int) -> None:
+        while (job := self._jobs.get()) is not None:
+            call, chunk = job
+            if call.closed:
+                continue
+            slot = [chunk.task_id, tasks.NOT_STARTED, 0]
+            with self._lock:
+                self._running[me] = (call, slot)
+            try:
+                message = self._run(call, chunk, slot)
+            finally:
+                with self._lock:
+                    del self._running[me]
+                    self._done[me] = self._done.get(me, 0) + 1
+            if not call.closed:
+                call.deliver(message)
+
+    def _run(self, call: tasks.Call, chunk: tasks.Chunk, slot: list[int]) -> object:
+        started = time.perf_counter()
+        try:
+            if call.mode == "setup":
+                results = tasks.run_chunk(self._run_setup(call.func), chunk.items, "map", call.call_id, slot, False)
+            else:
+                func = self._offer_setup(call.func)
+                results = tasks.run_chunk(func, chunk.items, call.mode, call.call_id, slot, call.keep_going)
+        except tasks.ItemFailed as failed:
+            return tasks.TaskFailed(
+                chunk.task_id, failed.offset, failed.results, "raised",
+                _failure(failed.error, chunk.items[failed.offset]),
+            )
+        if call.keep_going:
+            results = [
+                _failure(r.error, chunk.items[offset]) if isinstance(r, tasks.Raised) else r
+                for offset, r in enumerate(results)
+            ]
+        return tasks.TaskDone(chunk.task_id, results, time.perf_counter() - started)
+
+    def _run_setup(self, cell: Any) -> Any:
+        def run(notebook_values: dict[str, Any]) -> None:
+            with self._lock:
+                self._setup_names.update(notebook_values)
+                exec(cell.__code__, self._setup_names)
+                self._setup_generation += 1
+        return run
+
+    def _offer_setup(self, func: Any) -> Any:
+        """`func` with setup names it lacks, on a copy of its globals (the notebook's stay clean)."""
+        if self._setup_generation == 0 or not isinstance(func, types.FunctionType):
+            return func
+        with self._lock:
+            generation, copy = self._with_setup.get(func, (0, func))
+            if generation != self._setup_generation:
+                merged = {**self._setup_names, **func.__globals__}
+                copy = types.FunctionType(func.__code__, merged, func.__name__, func.__defaults__, func.__closure__)
+                self._with_setup[func] = (self._setup_generation, copy)
+            return copy
+
+
+def _failure(error: BaseException, item: Any) -> tasks.Failure:
+    return tasks.Failure(
+        error=error, detail=f"{type(error).__name__}: {error}", traceback=tasks.format_traceback(error),
+        item=errors.short_repr(item), pid=os.getpid(),
+    )

@@ -1,0 +1,131 @@
+"""The same calls on every backend: processes, threads, and a real Dask cluster (several worker
+processes). Process-only behaviour (pids, crashes, unsendable captures) lives in the other files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from nbparallel import Parallel, WorkerDiedError
+
+from .conftest import KEPT_SESSIONS
+
+BACKENDS = ["processes", "threads", "dask"]
+
+
+@pytest.fixture(scope="module")
+def sessions():
+    """One session per backend for this module, started before any test of it runs (so its
+    processes are not taken for leaks): a dask cluster starts once, not per test."""
+    started: dict[str, Parallel] = {}
+    for backend in BACKENDS:
+        started[backend] = Parallel()
+        started[backend].configure(backend=backend, progress=False, workers=2)
+        started[backend].map(abs, [1])
+    KEPT_SESSIONS.extend(started.values())
+    yield started.__getitem__
+    for session in started.values():
+        KEPT_SESSIONS.remove(session)
+        session.shutdown()
+
+
+@pytest.fixture(params=BACKENDS)
+def on(request, sessions):
+    return sessions(request.param)
+
+
+SCALE = 3
+
+
+def scaled(x):
+    return x * SCALE
+
+
+def test_map_keeps_input_order_and_uses_notebook_globals(on):
+    offset = 100
+    assert on.map(lambda x: scaled(x) + offset, range(50)) == [3 * x + 100 for x in range(50)]
+
+
+def test_imap_unordered_starmap_and_submit(on):
+    assert sorted(on.imap_unordered(scaled, range(20))) == sorted(3 * x for x in range(20))
+    assert on.starmap(lambda a, b: a - b, [(5, 1), (7, 2)]) == [4, 5]
+    assert on.submit(pow, 2, 10).result(timeout=60) == 1024
+
+
+def fails_on_four(x):
+    if x == 4:
+        raise LookupError(f"no {x}")
+    return x
+
+
+def test_an_exception_keeps_its_type_names_the_item_and_the_backend_stays_usable(on):
+    with pytest.raises(LookupError, match="no 4") as info:
+        on.map(fails_on_four, range(8), chunksize=2)
+    assert any("item 4: 4" in note for note in info.value.__notes__)
+    assert on.map(fails_on_four, range(3)) == [0, 1, 2]
+
+
+def test_errors_return_and_skip(on):
+    returned = on.map(fails_on_four, range(6), errors="return", chunksize=3)
+    assert returned[:4] == [0, 1, 2, 3] and isinstance(returned[4], LookupError) and returned[5] == 5
+    assert on.map(fails_on_four, range(6), errors="skip") == [0, 1, 2, 3, 5]
+
+
+def test_print_inside_a_task_reaches_the_caller(on, capsys):
+    on.map(lambda x: print(f"task {x}"), range(3), chunksize=3)
+    assert capsys.readouterr().out.splitlines() == ["task 0", "task 1", "task 2"]
+
+
+def test_every_worker_setup_defines_names_for_later_tasks(on):
+    base = 7
+    assert on.run_on_every_worker("import math as setup_math\nfrom_setup = base * 6", {"base": base}) >= 1
+    assert on.map(lambda x: from_setup + x + int(setup_math.pi), range(3)) == [45, 46, 47]
+
+
+def test_progress_shows_the_total(on, capsys):
+    on.map(scaled, range(12), progress=True)
+    assert "12/12" in capsys.readouterr().err
+
+
+def test_interrupt_stops_the_call_and_the_next_map_runs_at_once(on):
+    main = threading.get_ident()
+    timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT))
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        timer.start()
+        on.map(time.sleep, [3.0] * 6, chunksize=1)
+    assert time.monotonic() - started < 1.5
+    started = time.monotonic()
+    assert on.map(scaled, range(4)) == [0, 3, 6, 9]
+    # Processes stop running items at once. Threads and dask workers cannot: the next map waits
+    # for the two running items to end (3 s), but never for the four cancelled ones (6 s more).
+    assert time.monotonic() - started < (1.5 if on.options.backend == "processes" else 3.5)
+
+
+def test_dask_lost_worker_is_reported_and_the_cluster_recovers():
+    dask = Parallel()  # a cluster of its own: cancelled tasks of other tests are not in its way
+    dask.configure(backend="dask", progress=False, workers=2)
+    try:
+        with pytest.raises(WorkerDiedError, match="the dask cluster lost the task"):
+            dask.map(lambda x: os._exit(1) if x == 1 else x, range(2), chunksize=1)
+        assert dask.map(scaled, range(3)) == [0, 3, 6]
+    finally:
+        dask.shutdown()
+
+
+def test_dask_without_distributed_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    monkeypatch.delitem(sys.modules, "nbparallel.backends.dask", raising=False)
+    with pytest.raises(ModuleNotFoundError, match=r'pip install "nbparallel\[dask\]"'):
+        Parallel().map(abs, [1], backend="dask")
+
+
+def test_timeout_is_refused_where_a_task_cannot_be_stopped():
+    with pytest.raises(ValueError, match="timeout= needs the processes backend"):
+        Parallel().map(abs, [1], backend="threads", timeout=1)
