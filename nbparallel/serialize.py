@@ -16,6 +16,7 @@ import dataclasses
 import dis
 import functools
 import hashlib
+import importlib
 import io
 import linecache
 import pickle
@@ -138,14 +139,16 @@ def dump_function(func: Callable[..., Any]) -> FunctionPayload:
     except Exception as error:
         raise _explain_function_failure(func, name, error) from error
     functions = [obj for obj in [func, *(o for _, o in captures)] if isinstance(obj, types.FunctionType)]
-    data = pickle.dumps((_notebook_sources(functions), code), protocol=PROTOCOL)
+    data = pickle.dumps((_notebook_sources(functions), _submodules_used(functions), code), protocol=PROTOCOL)
     return FunctionPayload(name, data, hashlib.blake2b(data, digest_size=16).digest())
 
 
 def load_function(data: bytes) -> Callable[..., Any]:
     """Rebuild a function in a worker, with the source lines of notebook cells for tracebacks."""
-    sources, code = pickle.loads(data)
+    sources, submodules, code = pickle.loads(data)
     linecache.cache.update(sources)
+    for module in submodules:
+        importlib.import_module(module)
     return dill.loads(code)
 
 
@@ -273,6 +276,21 @@ def unsendable_kind(obj: object) -> str | None:
         if isinstance(obj, kinds):
             return kind
     return None
+
+
+def _submodules_used(functions: list[types.FunctionType]) -> list[str]:
+    """Submodules the functions reach through a package they use (`urllib.request.urlopen` after
+    `import urllib.request`): a module goes by reference, and importing the package alone in a
+    worker would not import them."""
+    needed = set()
+    for function in functions:
+        names = {name for code in _code_objects(function.__code__) for name in code.co_names}
+        for value in function.__globals__.values():
+            if isinstance(value, types.ModuleType):
+                needed.update(
+                    f"{value.__name__}.{name}" for name in names if f"{value.__name__}.{name}" in sys.modules
+                )
+    return sorted(needed)
 
 
 def _notebook_sources(functions: list[types.FunctionType]) -> dict[str, Any]:

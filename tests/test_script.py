@@ -151,3 +151,23 @@ def test_interpreter_exit_leaves_no_worker_behind(tmp_path):
 
     assert out
     wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in out))
+
+
+def test_submodules_the_function_reaches_through_a_package_are_imported_in_workers(tmp_path):
+    """`import urllib.request` then `urllib.request.quote(...)`: the worker must import the
+    submodule too, not only the package (found by the I/O benchmark)."""
+    out, _ = run_json(
+        """
+        import json
+        import urllib.request
+        import xml.dom.minidom
+        from nbparallel import parallel
+
+        def use(text):
+            return urllib.request.quote(text), xml.dom.minidom.parseString("<a/>").documentElement.tagName
+
+        print(json.dumps(parallel.map(use, ["a b"], progress=False)))
+        """,
+        tmp_path,
+    )
+    assert out == [["a%20b", "a"]]
