@@ -282,14 +282,17 @@ def _submodules_used(functions: list[types.FunctionType]) -> list[str]:
     """Submodules the functions reach through a package they use (`urllib.request.urlopen` after
     `import urllib.request`): a module goes by reference, and importing the package alone in a
     worker would not import them."""
-    needed = set()
+    needed: set[str] = set()
     for function in functions:
         names = {name for code in _code_objects(function.__code__) for name in code.co_names}
-        for value in function.__globals__.values():
-            if isinstance(value, types.ModuleType):
-                needed.update(
-                    f"{value.__name__}.{name}" for name in names if f"{value.__name__}.{name}" in sys.modules
-                )
+        packages = [v.__name__ for v in function.__globals__.values() if isinstance(v, types.ModuleType)]
+        while packages:  # xml -> xml.dom -> xml.dom.minidom
+            package = packages.pop()
+            for name in names:
+                submodule = f"{package}.{name}"
+                if submodule in sys.modules and submodule not in needed:
+                    needed.add(submodule)
+                    packages.append(submodule)
     return sorted(needed)
 
 
