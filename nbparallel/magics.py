@@ -18,6 +18,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from .api import Parallel
+from .options import BACKENDS
 
 _SPEC = re.compile(r"^\s*for\s+(?P<target>.+?)\s+in\s+(?P<iterable>.+?)(?:\s*->\s*(?P<result>\S+))?\s*$")
 _ITEM = "__nbparallel_item__"
@@ -96,7 +97,9 @@ class ParallelMagics(Magics):
     @argument("--chunksize", type=int, help="items sent to a worker together (default: automatic)")
     @argument("--unordered", action="store_true", help="collect results in the order they finish")
     @argument("--no-progress", action="store_true", help="do not show a progress bar")
-    @argument("--backend", default="processes", help="where tasks run (default: processes)")
+    @argument("--backend", default=None,
+              help="where the loop runs: processes, threads or dask (default: the session's; "
+                   "--every-worker cells set up the session's backend)")
     @argument("--every-worker", action="store_true",
               help="run the cell once in every worker (and in each worker started later) instead "
                    "of over items: for imports, loading a model, opening a connection")
@@ -122,8 +125,8 @@ class ParallelMagics(Magics):
         """
         spec, option_text = split_line(line)
         args = parse_argstring(self.parallel_cell, option_text)
-        if args.backend != "processes":
-            raise UsageError(f"%%parallel: unknown backend {args.backend!r}; the backends are: processes")
+        if args.backend is not None and args.backend not in BACKENDS:
+            raise UsageError(f"%%parallel: unknown backend {args.backend!r}; the backends are: {', '.join(BACKENDS)}")
         self._cells += 1
         assert self.shell is not None
         source = self.shell.transform_cell(cell)
@@ -137,13 +140,17 @@ class ParallelMagics(Magics):
         target, iterable, result = parse_loop(spec)
         try:
             options = self._parallel.options.merged(
-                workers=args.workers, chunksize=args.chunksize, progress=False if args.no_progress else None
+                workers=args.workers, chunksize=args.chunksize, progress=False if args.no_progress else None,
+                backend=args.backend,
             )
         except (TypeError, ValueError) as error:
             raise UsageError(f"%%parallel: {error}") from None
         func = cell_function(target, source, namespace, f"<%%parallel cell {self._cells}>")
         items = eval(iterable, namespace)  # noqa: S307 - the user's own expression, as in a for loop
-        map_options = {"workers": options.workers, "chunksize": options.chunksize, "progress": options.progress}
+        map_options = {
+            "workers": options.workers, "chunksize": options.chunksize, "progress": options.progress,
+            "backend": options.backend,
+        }
         if args.unordered:
             results = list(self._parallel.imap_unordered(func, items, **map_options))
         else:

@@ -71,6 +71,9 @@ def test_cell_magic_options_tuple_targets_and_shown_results(shared_kernel):
     shared_kernel.ok("scale = 10")
     shown = shared_kernel.ok("%%parallel for a, b in [(1, 2), (3, 4)] --workers 1 --chunksize 1\n(a + b) * scale")
     assert shown.results == ["[30, 70]"]
+    shared_kernel.ok("import threading")
+    threaded = shared_kernel.ok("%%parallel for n in [1, 2] --backend threads\nthreading.current_thread().name")
+    assert "nbparallel-thread" in threaded.results[0]
     shared_kernel.ok("%%parallel for n in range(20) -> out --unordered --no-progress\nn * n")
     assert sorted(shared_kernel.value("out")) == [n * n for n in range(20)]
 
@@ -93,7 +96,7 @@ def test_cell_magic_error_is_the_users_exception_with_the_cell_line(shared_kerne
         ("%%parallel for x in [1] -> 2bad", "must be a variable name"),
         ("%%parallel for x in [1] --workers 0", "workers=0 is not valid"),
         ("%%parallel for x in [1] --speed 3", "unrecognized arguments"),
-        ("%%parallel for x in [1] --backend spark", "unknown backend 'spark'"),
+        ("%%parallel for x in [1] --backend spark", "unknown backend 'spark'; the backends are: processes, threads, dask"),
     ],
 )
 def test_malformed_magic_line_raises_usage_error_saying_what_to_write(shared_kernel, line, message):
