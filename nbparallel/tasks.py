@@ -24,6 +24,7 @@ next_id = itertools.count(1).__next__  # ids of calls and tasks, unique in this 
 # little, short enough that progress moves and the last chunks finish together.
 TARGET_CHUNK_SECONDS = 0.05
 _CHUNKS_PER_WORKER = 4
+_FEW_ITEMS = 32
 _MAX_GROWTH = 4096
 
 
@@ -229,7 +230,10 @@ class ChunkSizer:
             self._size = fixed
             self._adaptive = False
         elif total is not None:
-            self._size = max(1, math.ceil(total / (workers * _CHUNKS_PER_WORKER)))
+            # A few items: one chunk per worker, one round trip. Many: several chunks per worker,
+            # so that uneven tasks still finish together.
+            per_worker = 1 if total <= _FEW_ITEMS else _CHUNKS_PER_WORKER
+            self._size = max(1, math.ceil(total / (workers * per_worker)))
             self._adaptive = False
         else:
             self._size = 1

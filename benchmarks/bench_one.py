@@ -1,0 +1,321 @@
+"""One library on one workload, in a fresh process, as a notebook user would write it.
+
+    python benchmarks/bench_one.py LIBRARY WORKLOAD REPEATS
+
+Prints one JSON line: {"times": [...seconds...], "peak_mb": ..., "extra": {...}} or {"error": "..."}.
+Functions live in this script's __main__, like cell-defined functions; lambdas are used where the
+library can send them. Driven by run.py, which gives every run its own process and a time limit.
+"""
+
+from __future__ import annotations
+
+STARTED = __import__("time").perf_counter()  # before any library is imported: for the cold start
+
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+WORKERS = 2
+
+
+# --- the work, defined in __main__ as in a notebook -----------------------------------------
+
+
+def inc(x):
+    return x + 1
+
+
+def spin(_):
+    """About 0.1 s of pure-Python work."""
+    total = 0
+    for i in range(1_700_000):
+        total += i
+    return total
+
+
+def slice_sum(part):
+    return float(part.sum())
+
+
+def global_slice_sum(index):
+    step = len(BIG) // 8
+    return float(BIG[index * step:(index + 1) * step].sum())
+
+
+def make_lookup(table):
+    def lookup(key):
+        return table[key % len(table)]
+    return lookup
+
+
+def megabyte(_):
+    import numpy
+    return numpy.ones(131_072)  # 1 MiB of float64
+
+
+BIG = None  # the notebook global of workload 6, assigned after the pool started
+
+
+# --- the libraries, each used the way its documentation shows -------------------------------
+
+
+class Library:
+    can_lambda = True
+
+    def map(self, func, items, chunksize=None):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+class NbParallel(Library):
+    def __init__(self, progress=False):
+        from nbparallel import parallel
+
+        self.parallel = parallel
+        parallel.configure(workers=WORKERS, progress=progress)
+
+    def map(self, func, items, chunksize=None):
+        return self.parallel.map(func, items, chunksize=chunksize)
+
+    def close(self):
+        self.parallel.shutdown()
+
+
+class Stdlib(Library):
+    can_lambda = False
+
+    def __init__(self):
+        import multiprocessing
+
+        self.pool = multiprocessing.Pool(WORKERS)
+
+    def map(self, func, items, chunksize=None):
+        return self.pool.map(func, items, chunksize)
+
+    def close(self):
+        self.pool.terminate()
+
+
+class StdlibSpawn(Stdlib):
+    def __init__(self):
+        import multiprocessing
+
+        self.pool = multiprocessing.get_context("spawn").Pool(WORKERS)
+
+
+class Serial(Library):
+    """No parallelism: the baseline for speedups and memory."""
+
+    def map(self, func, items, chunksize=None):
+        return list(map(func, items))
+
+
+class Multiprocess(Stdlib):
+    can_lambda = True
+
+    def __init__(self):
+        import multiprocess
+
+        self.pool = multiprocess.Pool(WORKERS)
+
+
+class Futures(Library):
+    can_lambda = False
+
+    def __init__(self):
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(WORKERS)
+
+    def map(self, func, items, chunksize=None):
+        return list(self.pool.map(func, items, chunksize=chunksize or 1))
+
+    def close(self):
+        self.pool.shutdown()
+
+
+class Joblib(Library):
+    def __init__(self):
+        from joblib import Parallel, delayed
+
+        self.delayed = delayed
+        self.pool = Parallel(n_jobs=WORKERS)
+
+    def map(self, func, items, chunksize=None):
+        return self.pool(self.delayed(func)(item) for item in items)
+
+
+class Mpire(Library):
+    def __init__(self):
+        from mpire import WorkerPool
+
+        self.pool = WorkerPool(n_jobs=WORKERS, use_dill=True, keep_alive=True)
+
+    def map(self, func, items, chunksize=None):
+        return self.pool.map(func, list(items), chunk_size=chunksize, progress_bar=False)
+
+    def close(self):
+        self.pool.terminate()
+
+
+class Pathos(Library):
+    def __init__(self):
+        from pathos.pools import ProcessPool
+
+        self.pool = ProcessPool(nodes=WORKERS)
+
+    def map(self, func, items, chunksize=None):
+        return self.pool.map(func, items, chunksize=chunksize) if chunksize else self.pool.map(func, items)
+
+    def close(self):
+        self.pool.close()
+        self.pool.join()
+        self.pool.clear()
+
+
+class Dask(Library):
+    def __init__(self):
+        from distributed import Client, LocalCluster
+
+        self.cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, dashboard_address=None)
+        self.client = Client(self.cluster)
+
+    def map(self, func, items, chunksize=None):
+        return self.client.gather(self.client.map(func, list(items), pure=False))
+
+    def close(self):
+        self.client.close()
+        self.cluster.close()
+
+
+LIBRARIES = {
+    "serial": Serial, "nbparallel": NbParallel, "stdlib": Stdlib, "stdlib-spawn": StdlibSpawn,
+    "multiprocess": Multiprocess, "futures": Futures,
+    "joblib": Joblib, "mpire": Mpire, "pathos": Pathos, "dask": Dask,
+    "nbparallel+progress": lambda: NbParallel(progress=True),
+}
+
+
+# --- the workloads --------------------------------------------------------------------------
+
+
+def timed(call, repeats):
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def workload(name, lib, repeats):
+    """Times of `repeats` runs after a warm-up (the pool is started before timing), and extras."""
+    global BIG
+    import numpy
+
+    extra = {}
+    if name == "cold":
+        result = lib.map(inc, range(10))
+        assert result == list(range(1, 11)), result
+        return [time.perf_counter() - STARTED], extra
+    if name == "warm-small":
+        func = (lambda x: x + 1) if lib.can_lambda else inc
+        lib.map(func, range(10))
+        return timed(lambda: lib.map(func, range(10)), repeats), extra
+    if name == "tiny-tasks":
+        func = (lambda x: x + 1) if lib.can_lambda else inc
+        lib.map(func, range(1000))
+        items = range(200_000)
+        times = timed(lambda: lib.map(func, items), repeats)
+        assert lib.map(func, items)[-1] == 200_000
+        return times, extra
+    if name == "cpu-bound":
+        started = time.perf_counter()
+        spin(0)
+        extra["serial_s"] = 16 * (time.perf_counter() - started)
+        lib.map(spin, range(WORKERS))
+        return timed(lambda: lib.map(spin, range(16), chunksize=1), repeats), extra
+    if name == "big-numpy-arg":
+        array = numpy.ones(50_000_000)  # 400 MB
+        parts = numpy.array_split(array, 8)
+        lib.map(inc, range(2))
+        times = timed(lambda: lib.map(slice_sum, parts, chunksize=1), repeats)
+        assert sum(lib.map(slice_sum, parts, chunksize=1)) == 50_000_000
+        return times, extra
+    if name == "big-global":
+        lib.map(inc, range(2))  # the pool starts before the global exists, as in a notebook
+        BIG = numpy.ones(50_000_000)
+        result = lib.map(global_slice_sum, range(8), chunksize=1)
+        if sum(result) != 50_000_000:
+            raise AssertionError(f"wrong result {sum(result)}: the workers saw a stale global")
+        return timed(lambda: lib.map(global_slice_sum, range(8), chunksize=1), repeats), extra
+    if name == "heavy-closure":
+        lib.map(inc, range(2))
+        table = {f"key-{i}": i for i in range(600_000)}  # about 50 MB
+        lookup = make_lookup(list(table.values()))
+        started = time.perf_counter()
+        first = lib.map(lookup, range(1000))
+        extra["first_call_s"] = time.perf_counter() - started
+        assert first[999] == 999
+        return timed(lambda: lib.map(lookup, range(1000)), repeats), extra
+    if name == "big-results":
+        lib.map(inc, range(2))
+        return timed(lambda: lib.map(megabyte, range(1000)), repeats), extra
+    if name == "imap-million":
+        import psutil
+
+        parallel = lib.parallel
+        before = psutil.Process().memory_info().rss
+        peak = before
+        started = time.perf_counter()
+        for n, result in enumerate(parallel.imap(inc, range(1_000_000))):
+            if n % 100_000 == 0:
+                peak = max(peak, psutil.Process().memory_info().rss)
+        extra["parent_rss_growth_mb"] = (peak - before) / 2**20
+        return [time.perf_counter() - started], extra
+    raise SystemExit(f"unknown workload {name}")
+
+
+def tree_rss_mb():
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def main():
+    library, name, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.02):
+            peak[0] = max(peak[0], tree_rss_mb())
+
+    threading.Thread(target=sample, daemon=True).start()
+    try:
+        lib = LIBRARIES[library]()
+        times, extra = workload(name, lib, repeats)
+        lib.close()
+        out = {"times": times, "median": statistics.median(times), "peak_mb": peak[0], "extra": extra}
+    except BaseException as error:  # a library that cannot run a workload is shown failing
+        out = {"error": f"{type(error).__name__}: {error}"[:300], "trace": traceback.format_exc()[-1500:]}
+    stop.set()
+    print(json.dumps(out), flush=True)
+    os._exit(0)  # do not wait for pools that will not close
+
+
+if __name__ == "__main__":
+    main()
