@@ -85,7 +85,7 @@ def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None, mode: st
         raise rebuild(call, chunk.position + _original(chunk, event.offset), event.failure, event.stage)
     ran: list[Any] = []
     if isinstance(event, tasks.TaskDone):
-        ran = _loaded(call, chunk, event.results)
+        ran = event.results if event.results is not None else _loaded(call, chunk, event.frames or [])
     if chunk.offsets is not None:
         merged: list[Any] = [None] * chunk.size
         for offset, result in zip(chunk.offsets, ran):
@@ -104,11 +104,9 @@ def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None, mode: st
     return kept
 
 
-def _loaded(call: tasks.Call, chunk: tasks.Chunk, results: bytes | list[Any]) -> list[Any]:
-    if isinstance(results, list):  # from a thread: nothing was serialized
-        return results
+def _loaded(call: tasks.Call, chunk: tasks.Chunk, frames: list[Any]) -> list[Any]:
     try:
-        return serialize.loads(results)
+        return serialize.loads_frames(frames)
     except BaseException as error:  # a result whose unpickling raises, or even exits
         raise errors.unloadable_results(call.name, chunk.position, chunk.size, error) from error
 

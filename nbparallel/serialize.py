@@ -95,10 +95,23 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-def dump_chunk(items: list[Any], first_position: int) -> bytes:
-    """Serialize a chunk of items; a failure names the first item that cannot be sent."""
+def dumps_frames(obj: object) -> list[Any]:
+    """Serialize into frames: the pickle, then the raw data of large buffers (NumPy arrays...)
+    out of band (pickle protocol 5), so that nothing big is copied into the pickle."""
+    buffers: list[pickle.PickleBuffer] = []
+    head = io.BytesIO()
+    _Pickler(head, protocol=PROTOCOL, buffer_callback=buffers.append).dump(obj)
+    return [head.getbuffer(), *(buffer.raw() for buffer in buffers)]
+
+
+def loads_frames(frames: list[Any]) -> Any:
+    return pickle.loads(frames[0], buffers=frames[1:])
+
+
+def dump_chunk(items: list[Any], first_position: int) -> list[Any]:
+    """Serialize a chunk of items into frames; a failure names the first item that cannot be sent."""
     try:
-        return dumps(items)
+        return dumps_frames(items)
     except (Exception, SystemExit):  # SystemExit: a hostile __reduce__ must not end the caller
         for offset, item in enumerate(items):
             try:

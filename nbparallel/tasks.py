@@ -8,10 +8,12 @@ pool itself never runs user code (no user object is unpickled in its dispatcher 
 from __future__ import annotations
 
 import contextvars
+import copy
 import dataclasses
 import itertools
 import math
 import os
+import pickle
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -64,7 +66,7 @@ class Chunk:
     position: int  # of its first item in the call's input
     size: int
     items: list[Any]
-    data: bytes = b""  # the items serialized, by a backend that sends them to another process
+    data: list[Any] = dataclasses.field(default_factory=list)  # serialized items (frames), if sent
     attempts: int = 0  # runs of this chunk that a dead worker cut short
     # When a chunk is run again without some items (their worker died on them), where each
     # remaining item stands in the original chunk, and what replaces the ones taken out.
@@ -79,8 +81,8 @@ class RunTask:
     digest: bytes
     function: bytes | None  # None when the worker already holds the function with this digest
     mode: str
-    items: bytes
     keep_going: bool
+    frames: list[Any]  # the serialized items (see send_message)
 
 
 @dataclasses.dataclass(slots=True)
@@ -96,8 +98,9 @@ class StopWorker:
 @dataclasses.dataclass(slots=True)
 class TaskDone:
     task_id: int
-    results: bytes | list[Any]  # serialized by a worker process; the list itself from a thread
+    results: list[Any] | None  # the results themselves, from a thread
     seconds: float
+    frames: list[Any] | None = None  # or serialized, from a worker process (see send_message)
 
 
 @dataclasses.dataclass(slots=True)
@@ -147,6 +150,33 @@ class Output:
 SLOT_TASK, SLOT_ITEM, SLOT_CANCELLED = 0, 1, 2
 SLOT_BYTES = 3 * 8
 NOT_STARTED = -1
+
+
+def send_message(conn: Any, message: Any) -> None:
+    """Send a message; its `frames` (large buffers) go as frames of their own, uncopied."""
+    frames = getattr(message, "frames", None)
+    if not frames:
+        conn.send_bytes(pickle.dumps(message, protocol=5))
+        return
+    header = copy.copy(message)
+    header.frames = [memoryview(frame).nbytes for frame in frames]
+    conn.send_bytes(pickle.dumps(header, protocol=5))
+    for frame in frames:
+        conn.send_bytes(frame)
+
+
+def receive_message(conn: Any) -> Any:
+    """Receive a message sent by `send_message`, its frames into fresh writable buffers."""
+    message = pickle.loads(conn.recv_bytes())
+    sizes = getattr(message, "frames", None)
+    if sizes:
+        frames = []
+        for size in sizes:
+            frame = bytearray(size)
+            conn.recv_bytes_into(frame)
+            frames.append(frame)
+        message.frames = frames
+    return message
 
 
 class Raised:

@@ -63,9 +63,8 @@ class _Sender:
         self.task_id = 0
 
     def send(self, message: object) -> None:
-        data = pickle.dumps(message, protocol=serialize.PROTOCOL)
         with self._lock:
-            self._conn.send_bytes(data)
+            tasks.send_message(self._conn, message)
 
 
 class _ForwardedStream:
@@ -105,7 +104,7 @@ def _read_forever(conn: Connection, inbox: queue.SimpleQueue[Any], cancelled: co
                   slot: memoryview) -> None:
     try:
         while True:
-            message = pickle.loads(conn.recv_bytes())
+            message = tasks.receive_message(conn)
             if isinstance(message, tasks.CancelCall):
                 cancelled.append(message.call_id)
                 slot[tasks.SLOT_CANCELLED] = message.call_id  # a running chunk stops at its next item
@@ -186,7 +185,7 @@ def run_task(task: tasks.RunTask, functions: FunctionCache, setup: SetupNamespac
             func = serialize.load_function(func)
             functions.touch(task.digest, func)
         serialize.set_receiver_namespace(getattr(func, "__globals__", None))
-        items = serialize.loads(task.items)
+        items = serialize.loads_frames(task.frames)
     except BaseException as error:
         return _failed(task, "load", 0, items, [], error)
     start = time.perf_counter()
@@ -207,7 +206,7 @@ def run_task(task: tasks.RunTask, functions: FunctionCache, setup: SetupNamespac
             for offset, r in enumerate(results)
         ]
     try:
-        return tasks.TaskDone(task.task_id, serialize.dumps(results), seconds)
+        return tasks.TaskDone(task.task_id, None, seconds, serialize.dumps_frames(results))
     except BaseException as error:  # a result whose pickling raises, or even exits
         offset = _first_unsendable(results)
         return _failed(task, "result", offset, items, results[:offset], error)
@@ -255,7 +254,7 @@ def main() -> None:
         slot[tasks.SLOT_ITEM] = tasks.NOT_STARTED
         slot[tasks.SLOT_TASK] = task.task_id
         if task.call_id in cancelled:
-            reply: object = tasks.TaskDone(task.task_id, serialize.dumps([]), 0.0)
+            reply: object = tasks.TaskDone(task.task_id, [], 0.0)
         else:
             reply = run_task(task, functions, setup, slot)
         stdout.flush()

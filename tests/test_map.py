@@ -148,3 +148,15 @@ def test_shutdown_stops_workers_and_next_call_starts_fresh(session):
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in first)
     second = set(session.map(lambda _: os.getpid(), range(4), chunksize=1))
     assert first.isdisjoint(second)
+
+
+def test_large_arrays_travel_out_of_band_and_come_back_writable():
+    """NumPy buffers go as frames of their own (pickle protocol 5), both ways, and the arrays
+    the caller gets are ordinary writable arrays."""
+    numpy = pytest.importorskip("numpy")
+    parts = [numpy.arange(n, dtype=float) for n in (3, 200_000, 1_000_000)]
+    doubled = parallel.map(lambda a: a * 2, parts, chunksize=2)
+    for part, result in zip(parts, doubled):
+        assert numpy.array_equal(result, part * 2)
+    doubled[1][0] = -1.0  # writable: not a view of a read-only message
+    assert doubled[1][0] == -1.0

@@ -41,6 +41,8 @@ def run_on_dask_worker(function: bytes, task: tasks.RunTask) -> tuple[object, st
     slot = [task.task_id, tasks.NOT_STARTED, 0]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         message = worker.run_task(task, _functions, _setup, slot)
+    if isinstance(message, tasks.TaskDone) and message.frames is not None:
+        message.frames = [bytes(frame) for frame in message.frames]
     return message, out.getvalue(), err.getvalue()
 
 
@@ -107,7 +109,8 @@ class DaskBackend:
             if function is None:
                 function = self._scattered[call.digest] = client.scatter(call.function, broadcast=False)
         message = tasks.RunTask(
-            chunk.task_id, call.call_id, call.digest, None, call.mode, chunk.data, call.keep_going
+            chunk.task_id, call.call_id, call.digest, None, call.mode, call.keep_going,
+            [bytes(frame) for frame in chunk.data],  # dask serializes the message itself
         )
         future = client.submit(run_on_dask_worker, function, message, pure=False,
                                key=f"nbparallel-{call.call_id}-{chunk.task_id}")
@@ -144,7 +147,7 @@ class DaskBackend:
     def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
         client = self._connect()
         self._setups += 1
-        plugin = EveryWorkerCell(call.function, serialize.dump_chunk(items, 0))
+        plugin = EveryWorkerCell(call.function, serialize.dumps(items))
         replies = client.register_plugin(plugin, name=f"nbparallel-setup-{self._setups}")
         for reply in replies.values():
             if reply.get("status") == "OK":

@@ -357,7 +357,7 @@ class ProcessPool:
         worker.functions.touch(call.digest)
         self._send(worker, tasks.RunTask(
             chunk.task_id, call.call_id, call.digest,
-            call.function if send_function else None, call.mode, chunk.data, call.keep_going,
+            call.function if send_function else None, call.mode, call.keep_going, chunk.data,
         ))
 
     def _free_worker(self, call: tasks.Call) -> _Worker | None:
@@ -376,13 +376,13 @@ class ProcessPool:
 
     def _send(self, worker: _Worker, message: object) -> None:
         try:
-            worker.conn.send_bytes(pickle.dumps(message, protocol=serialize.PROTOCOL))
+            tasks.send_message(worker.conn, message)
         except OSError:
             pass  # it died; the dispatcher sees EOF on its socket and reports it
 
     def _receive(self, conn: Connection) -> None:
         try:
-            message = pickle.loads(conn.recv_bytes())
+            message = tasks.receive_message(conn)
         except (EOFError, OSError):
             self._on_exit(conn)
             return
