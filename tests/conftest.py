@@ -82,6 +82,14 @@ def pool_ends_with_the_session():
 
 
 @pytest.fixture
+def quiet_progress():
+    """The session pool without progress bars, for tests that do not look at them."""
+    parallel.configure(progress=False)
+    yield
+    parallel.configure(progress=True)
+
+
+@pytest.fixture
 def session():
     """A separate `Parallel` session (own pool, no progress bars), shut down after the test."""
     own = Parallel()

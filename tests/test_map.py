@@ -15,11 +15,7 @@ from nbparallel import parallel
 from .conftest import wait_until
 
 
-@pytest.fixture(autouse=True)
-def quiet():
-    parallel.configure(progress=False)
-    yield
-    parallel.configure(progress=True)
+pytestmark = pytest.mark.usefixtures("quiet_progress")
 
 
 def test_map_returns_results_in_input_order():

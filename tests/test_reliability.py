@@ -24,11 +24,7 @@ from nbparallel import (
 from .conftest import run_script, wait_until
 
 
-@pytest.fixture(autouse=True)
-def quiet():
-    parallel.configure(progress=False)
-    yield
-    parallel.configure(progress=True)
+pytestmark = pytest.mark.usefixtures("quiet_progress")
 
 
 # --- a worker dies ------------------------------------------------------------------------

@@ -157,10 +157,7 @@ class ProcessPool:
         """
         chunk.data = serialize.dump_chunk(chunk.items, chunk.position)
         with self._lock:
-            if self._closed:
-                raise errors.pool_shut_down()
-            if self._dispatcher is None:
-                self._start()
+            self._start()
             self._pending.append((call, chunk))
             self._wake()
 
@@ -188,10 +185,7 @@ class ProcessPool:
         Returns how many workers got it: that many events arrive through `call.deliver`.
         """
         with self._lock:
-            if self._closed:
-                raise errors.pool_shut_down()
-            if self._dispatcher is None:
-                self._start()
+            self._start()
             self._setups.append((call, items))
             workers = [w for w in self._workers.values() if not w.retiring]
             for worker in workers:
@@ -262,6 +256,11 @@ class ProcessPool:
     # --- the dispatcher -----------------------------------------------------------------
 
     def _start(self) -> None:
+        """Start the workers and the dispatcher, unless they run already. Called with the lock held."""
+        if self._closed:
+            raise errors.pool_shut_down()
+        if self._dispatcher is not None:
+            return
         self._fill()
         self._dispatcher = threading.Thread(target=self._dispatch_forever, name="nbparallel-dispatcher", daemon=True)
         self._dispatcher.start()
