@@ -12,6 +12,7 @@ worker), so `isinstance(result, MyClass)` holds in the notebook and inside the f
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import dis
 import functools
@@ -21,6 +22,7 @@ import io
 import linecache
 import pickle
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -164,6 +166,48 @@ def dump_function(func: Callable[..., Any]) -> FunctionPayload:
         kind = unsendable_kind(obj)
         if kind:
             raise errors.unsendable_capture(name, path, obj, kind)
+    key = _unchanging_key(func, captures)
+    with _payloads_lock:
+        if key is not None and key in _payloads:
+            _payloads.move_to_end(key)
+            return _payloads[key]
+    payload = _dump_function(func, name, captures)
+    if key is not None:
+        with _payloads_lock:
+            _payloads[key] = payload
+            while len(_payloads) > _PAYLOADS_KEPT:
+                _payloads.popitem(last=False)
+    return payload
+
+
+# Payloads of functions that capture only values that cannot change in place (numbers, strings,
+# other functions by identity...): the same function over the same values need not go through
+# dill again. Anything mutable captured (a list, a dict, an array) and the function is re-serialized.
+_payloads: collections.OrderedDict[tuple[Any, ...], FunctionPayload] = collections.OrderedDict()
+_payloads_lock = threading.Lock()
+_PAYLOADS_KEPT = 64
+_ATOMS = (int, str, bytes, bool, type(None))
+_BY_IDENTITY = (types.FunctionType, types.BuiltinFunctionType, types.CodeType)
+
+
+def _unchanging_key(func: Any, captures: list[tuple[str, object]]) -> tuple[Any, ...] | None:
+    """A key equal for two calls only if they would serialize to the same bytes; None if unsure."""
+    if not isinstance(func, types.FunctionType) or func.__dict__:
+        return None
+    parts: list[Any] = [func.__code__, func.__qualname__, func.__module__]
+    for path, obj in captures:
+        if type(obj) in _ATOMS:
+            parts.append((path, type(obj), obj))
+        elif type(obj) in (float, complex):
+            parts.append((path, repr(obj)))  # -0.0 == 0.0, but they serialize differently
+        elif isinstance(obj, _BY_IDENTITY) and not getattr(obj, "__dict__", None):
+            parts.append((path, obj))
+        else:
+            return None
+    return tuple(parts)
+
+
+def _dump_function(func: Callable[..., Any], name: str, captures: list[tuple[str, object]]) -> FunctionPayload:
     try:
         buffer = io.BytesIO()
         _FunctionPickler(buffer, protocol=PROTOCOL, recurse=True).dump(func)

@@ -156,3 +156,29 @@ def test_large_arrays_travel_out_of_band_and_come_back_writable():
         assert numpy.array_equal(result, part * 2)
     doubled[1][0] = -1.0  # writable: not a view of a read-only message
     assert doubled[1][0] == -1.0
+
+
+STEP = 1
+TABLE = [1, 2, 3]
+
+
+def test_repeated_calls_always_see_the_current_values_of_what_the_function_uses():
+    """Serialization is skipped for an unchanged function over unchanged immutable values, and
+    never otherwise: a rebound global or a list mutated in place is seen by the next call."""
+    global STEP
+
+    def stepped(x):  # captures only an int: its payload may be reused while STEP is unchanged
+        return x + STEP
+
+    def shifted(x):  # captures a list: serialized again on every call
+        return x + STEP + sum(TABLE)
+
+    assert parallel.map(stepped, [0, 1]) == parallel.map(stepped, [0, 1]) == [1, 2]
+    assert parallel.map(shifted, [0]) == parallel.map(shifted, [0]) == [7]
+    STEP = 100
+    assert parallel.map(stepped, [0, 1]) == [100, 101]
+    assert parallel.map(shifted, [0]) == [106]
+    TABLE.append(1000)
+    assert parallel.map(shifted, [0]) == [1106]
+    STEP = 1
+    TABLE[:] = [1, 2, 3]
