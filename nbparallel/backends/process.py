@@ -78,6 +78,10 @@ class _Worker:
     retiring: bool = False  # takes no new tasks; stops once idle
     stopping: bool = False
 
+    def serves(self, call: tasks.Call) -> bool:
+        """True if a task of `call` runs or waits on this worker."""
+        return any(c is call for c, _ in self.inflight)
+
     def has_room(self) -> bool:
         if self.retiring:
             return False
@@ -172,7 +176,7 @@ class ProcessPool:
             self._setups = [(c, items) for c, items in self._setups if c is not call]
             self._pending = collections.deque(entry for entry in self._pending if entry[0] is not call)
             for worker in self._workers.values():
-                if not any(c is call for c, _ in worker.inflight):
+                if not worker.serves(call):
                     continue
                 if stop_running and worker.inflight[0][0] is call:
                     worker.process.kill()
@@ -360,10 +364,10 @@ class ProcessPool:
         ))
 
     def _free_worker(self, call: tasks.Call) -> _Worker | None:
-        serving = sum(any(c is call for c, _ in w.inflight) for w in self._workers.values())
+        serving = sum(w.serves(call) for w in self._workers.values())
         candidates = [
             w for w in self._workers.values()
-            if w.has_room() and (serving < call.max_workers or any(c is call for c, _ in w.inflight))
+            if w.has_room() and (serving < call.max_workers or w.serves(call))
             and (self._max_tasks is None or w.tasks_done + len(w.inflight) < self._max_tasks)
         ]
         return min(candidates, key=lambda w: len(w.inflight), default=None)

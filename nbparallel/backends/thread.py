@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from .. import errors, tasks
+from .. import errors, tasks, worker
 from . import WorkerStatus
 
 
@@ -37,8 +37,7 @@ class ThreadPool:
         self._done: dict[int, int] = {}
         # What `%%parallel --every-worker` cells defined: threads share one process, so such a
         # cell runs once, and its names are offered to every later task.
-        self._setup_names: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
-        self._setup_generation = 0
+        self._setup = worker.SetupNamespace()
         self._with_setup: weakref.WeakKeyDictionary[types.FunctionType, tuple[int, types.FunctionType]] = (
             weakref.WeakKeyDictionary()
         )
@@ -137,7 +136,9 @@ class ThreadPool:
         started = time.perf_counter()
         try:
             if call.mode == "setup":
-                results = tasks.run_chunk(self._run_setup(call.func), chunk.items, "map", call.call_id, slot, False)
+                results = tasks.run_chunk(
+                    lambda values: self._run_setup(call.func, values), chunk.items, "map", call.call_id, slot, False
+                )
             else:
                 func = self._offer_setup(call.func)
                 results = tasks.run_chunk(func, chunk.items, call.mode, call.call_id, slot, call.keep_going)
@@ -153,24 +154,20 @@ class ThreadPool:
             ]
         return tasks.TaskDone(chunk.task_id, results, time.perf_counter() - started)
 
-    def _run_setup(self, cell: Any) -> Any:
-        def run(notebook_values: dict[str, Any]) -> None:
-            with self._lock:
-                self._setup_names.update(notebook_values)
-                exec(cell.__code__, self._setup_names)
-                self._setup_generation += 1
-        return run
+    def _run_setup(self, cell: Any, notebook_values: dict[str, Any]) -> None:
+        with self._lock:
+            self._setup.run(cell, notebook_values)
 
     def _offer_setup(self, func: Any) -> Any:
         """`func` with setup names it lacks, on a copy of its globals (the notebook's stay clean)."""
-        if self._setup_generation == 0 or not isinstance(func, types.FunctionType):
+        if self._setup.generation == 0 or not isinstance(func, types.FunctionType):
             return func
         with self._lock:
             generation, copy = self._with_setup.get(func, (0, func))
-            if generation != self._setup_generation:
-                merged = {**self._setup_names, **func.__globals__}
+            if generation != self._setup.generation:
+                merged = {**self._setup.names, **func.__globals__}
                 copy = types.FunctionType(func.__code__, merged, func.__name__, func.__defaults__, func.__closure__)
-                self._with_setup[func] = (self._setup_generation, copy)
+                self._with_setup[func] = (self._setup.generation, copy)
             return copy
 
 
