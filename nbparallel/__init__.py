@@ -13,6 +13,7 @@ import atexit
 from typing import Any
 
 from .api import Parallel, ParallelFunction, PoolStatus
+from .background import MapHandle
 from .errors import (
     NbParallelError,
     OptionError,
@@ -24,10 +25,12 @@ from .errors import (
     WorkerDiedError,
 )
 from .options import Options
+from .tasks import report_progress as progress
 
 __all__ = [
     "NbParallelError",
     "OptionError",
+    "MapHandle",
     "Options",
     "Parallel",
     "ParallelFunction",
@@ -39,6 +42,7 @@ __all__ = [
     "UnsendableError",
     "WorkerDiedError",
     "parallel",
+    "progress",
 ]
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""The `parallel` object: map, imap, imap_unordered, starmap, submit, and the decorator forms.
+"""The `parallel` object: map, map_async, imap, imap_unordered, starmap, submit, and the decorators.
 
 A thin front end: it validates options, owns the session's backend (started lazily, reused by
 every call), and hands each call to `calls`.
@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from . import backends, calls
+from . import backends, calls, serialize
+from .background import MapHandle
 from .options import Options
 
 _NO_ITEMS: Any = object()
@@ -164,6 +166,20 @@ class Parallel:
         """Results one by one in the order they finish."""
         return self._stream(func, items, options, "map", False)
 
+    def map_async(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> MapHandle:
+        """Like `map`, but returns at once: the call runs while other cells run.
+
+        Its progress bar stays live in the calling cell. `handle.result()` waits for the list
+        of results (or raises the call's error); `handle.cancel()` stops it. Bad input and
+        unsendable functions raise here, at once.
+        """
+        collected: list[Any] = []
+        return MapHandle(
+            serialize.function_name(func) if callable(func) else repr(func),
+            lambda events: self._stream(func, items, options, "map", True, collected, events),
+            collected,
+        )
+
     def starmap(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> list[Any]:
         """`func(*args)` for every tuple of arguments: a list in input order."""
         return self._collect(func, items, options, "star")
@@ -174,14 +190,15 @@ class Parallel:
         return calls.submit(lambda: self._get_backend(options), func, args, kwargs, options)
 
     def _stream(self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str,
-                ordered: bool, collected: list[Any] | None = None) -> Iterator[Any]:
+                ordered: bool, collected: list[Any] | None = None,
+                background: queue.SimpleQueue[Any] | None = None) -> Iterator[Any]:
         options = self._options.merged(**overrides)
 
         def keep_partial(unyielded: dict[int, Any]) -> None:
             self._partial = {**dict(enumerate(collected or ())), **unyielded}
 
         return calls.stream(lambda: self._get_backend(options), func, items, options, mode, ordered,
-                            keep_partial)
+                            keep_partial, background)
 
     def _collect(self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str) -> list[Any]:
         results: list[Any] = []

@@ -17,7 +17,7 @@ from typing import Any
 from . import errors, outcomes, serialize, tasks
 from .backends import Backend
 from .options import Options
-from .progress import Progress
+from .progressbar import Progress
 
 # Chunks submitted but not yet handed to the caller, per worker: enough to keep every worker
 # fed, few enough that a huge or endless input is never read far ahead of the workers.
@@ -38,11 +38,15 @@ def stream(
     get_backend: Callable[[], Backend], func: Callable[..., Any], items: Iterable[Any], options: Options,
     mode: str = "map", ordered: bool = True,
     keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
+    background: queue.SimpleQueue[Any] | None = None,
 ) -> Iterator[Any]:
     """Results of `func` over `items`. Checks everything before returning; runs lazily after.
 
     If the call fails or is interrupted, results that finished but were not yet yielded are
     handed to `keep_partial`, by input position, so that nothing computed is lost.
+
+    `background`: the results will be read on another thread. The progress bar is shown now,
+    in the caller's cell, and workers' events arrive on this queue, where `STOP` stops the call.
 
     Raises (at once): TypeError for a non-callable or non-iterable; UnsendableError for a
     function that cannot be sent. Raises (while iterating): the function's own exception.
@@ -58,8 +62,18 @@ def stream(
         call_item = tasks.item_caller(func, mode)
         return (call_item(item) for item in iterator)
     chosen = get_backend()
-    new_call = _call_factory(chosen, func, mode, options)
-    return _run(chosen, new_call, iterator, tasks.length_hint(items), options, ordered, keep_partial)
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue() if background is None else background
+    call = _call_factory(chosen, func, mode, options)(events.put, options.worker_count)
+    total = tasks.length_hint(items)
+    progress = _progress(chosen, call, total, options) if background is not None else None
+    return _run(chosen, call, iterator, total, options, ordered, keep_partial, events, progress)
+
+
+def _progress(backend: Backend, call: tasks.Call, total: int | None, options: Options) -> Progress:
+    return Progress(
+        total, options.progress, call.name, running=lambda: backend.running_items(call),
+        workers=backend.status if options.show_workers else None,
+    )
 
 
 def _call_factory(backend: Backend, func: Callable[..., Any], mode: str, options: Options,
@@ -91,14 +105,20 @@ def _checked_tuples(items: Iterator[Any]) -> Iterator[Any]:
         yield item
 
 
+STOP = object()
+"""Put on a call's event queue (see `stream`), it stops the call as an interrupt would."""
+
+
+class CallStopped(Exception):
+    """Raised by a call's results after STOP arrived on its event queue."""
+
+
 def _run(
-    backend: Backend, new_call: Callable[[Callable[[object], None], int], tasks.Call],
-    items: Iterator[Any], total: int | None, options: Options, ordered: bool,
-    keep_partial: Callable[[dict[int, Any]], None],
+    backend: Backend, call: tasks.Call, items: Iterator[Any], total: int | None, options: Options,
+    ordered: bool, keep_partial: Callable[[dict[int, Any]], None], events: queue.SimpleQueue[Any],
+    progress: Progress | None,
 ) -> Iterator[Any]:
     workers = options.worker_count
-    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    call = new_call(events.put, workers)
     sizer = tasks.ChunkSizer(total, workers, options.chunksize)
     pieces = tasks.chunks(items, sizer)
     window = workers * _WINDOW_PER_WORKER
@@ -106,8 +126,8 @@ def _run(
     finished: dict[int, list[Any]] = {}
     started = False
     more = True
-    progress = Progress(total, options.progress, call.name)
-    ok = False
+    progress = progress or _progress(backend, call, total, options)
+    ending = "failed"
     try:
         while True:
             while more and len(submitted) < window:
@@ -122,7 +142,13 @@ def _run(
                 submitted[chunk.task_id] = chunk
             if not submitted:
                 break
-            event = events.get()
+            try:
+                event = events.get(timeout=progress.redraw_seconds)
+            except queue.Empty:
+                progress.redraw()
+                continue
+            if event is STOP:
+                raise CallStopped
             chunk = submitted[event.task_id]
             if isinstance(event, tasks.TaskLost):
                 if outcomes.recover(call, chunk, event, options.retries, options.errors):
@@ -132,7 +158,7 @@ def _run(
             else:
                 sizer.observe(chunk.size, getattr(event, "seconds", 0.0))
             results = outcomes.results(call, chunk, event, options.errors)
-            progress.update(chunk.size)
+            progress.advance(chunk.size, chunk.failed)
             if not ordered:
                 del submitted[chunk.task_id]
                 yield from results
@@ -141,13 +167,17 @@ def _run(
             while submitted and next(iter(submitted)) in finished:
                 task_id, _ = submitted.popitem(last=False)
                 yield from finished.pop(task_id)
-        ok = True
-    except KeyboardInterrupt:
+        ending = "done"
+    except (KeyboardInterrupt, CallStopped):
+        ending = "stopped"
         if started:
             backend.cancel(call, stop_running=True)
         raise
+    except GeneratorExit:  # the caller stopped reading (left an imap loop): running tasks may end
+        ending = "stopped"
+        raise
     finally:
-        if not ok:
+        if ending != "done":
             if started and not call.closed:
                 backend.cancel(call, stop_running=False)
             keep_partial({
@@ -156,7 +186,7 @@ def _run(
                 for position, result in enumerate(results, submitted[task_id].position)
             })
         call.closed = True
-        progress.close(ok)
+        progress.close(ending)
 
 
 def submit(

@@ -1,6 +1,7 @@
 """`%%parallel` and `%parallel`: parse the line, build a function from the cell, call `parallel`.
 
     %%parallel for path in files -> sizes [--workers N] [--chunksize N] [--unordered] [--no-progress]
+                                          [--show-workers] [--background] [--backend NAME]
     %%parallel --every-worker
     %parallel [status | workers N | restart | shutdown]
 """
@@ -97,6 +98,9 @@ class ParallelMagics(Magics):
     @argument("--chunksize", type=int, help="items sent to a worker together (default: automatic)")
     @argument("--unordered", action="store_true", help="collect results in the order they finish")
     @argument("--no-progress", action="store_true", help="do not show a progress bar")
+    @argument("--show-workers", action="store_true", help="show the workers under the progress bar")
+    @argument("--background", action="store_true",
+              help="return at once: RESULT is a handle whose .result() is the list (see parallel.map_async)")
     @argument("--backend", default=None,
               help="where the loop runs: processes, threads or dask (default: the session's; "
                    "--every-worker cells set up the session's backend)")
@@ -111,7 +115,8 @@ class ParallelMagics(Magics):
 
         The body runs with NAME bound to each item of ITERABLE (any Python expression, evaluated
         in the notebook); the value of its last expression is collected. Results are bound to
-        RESULT in input order, or shown as the cell's output when there is no '-> RESULT'.
+        RESULT in input order, or shown as the cell's output when there is no '-> RESULT'
+        (with --background, RESULT is a handle at once: RESULT.result() waits for the list).
         Notebook variables the body uses are sent along; assignments in the body stay in the
         workers. Example:
 
@@ -127,6 +132,8 @@ class ParallelMagics(Magics):
         args = parse_argstring(self.parallel_cell, option_text)
         if args.backend is not None and args.backend not in BACKENDS:
             raise UsageError(f"%%parallel: unknown backend {args.backend!r}; the backends are: {', '.join(BACKENDS)}")
+        if args.background and args.unordered:
+            raise UsageError("%%parallel: --background collects results in input order; drop --unordered")
         self._cells += 1
         assert self.shell is not None
         source = self.shell.transform_cell(cell)
@@ -141,7 +148,7 @@ class ParallelMagics(Magics):
         try:
             options = self._parallel.options.merged(
                 workers=args.workers, chunksize=args.chunksize, progress=False if args.no_progress else None,
-                backend=args.backend,
+                show_workers=True if args.show_workers else None, backend=args.backend,
             )
         except (TypeError, ValueError) as error:
             raise UsageError(f"%%parallel: {error}") from None
@@ -149,9 +156,11 @@ class ParallelMagics(Magics):
         items = eval(iterable, namespace)  # noqa: S307 - the user's own expression, as in a for loop
         map_options = {
             "workers": options.workers, "chunksize": options.chunksize, "progress": options.progress,
-            "backend": options.backend,
+            "show_workers": options.show_workers, "backend": options.backend,
         }
-        if args.unordered:
+        if args.background:
+            results: Any = self._parallel.map_async(func, items, **map_options)
+        elif args.unordered:
             results = list(self._parallel.imap_unordered(func, items, **map_options))
         else:
             results = self._parallel.map(func, items, **map_options)

@@ -34,6 +34,8 @@ class Options:
     """Items sent to a worker together (default: chosen from the number of items)."""
     progress: bool = True
     """Show a progress bar (a widget in a notebook, text on stderr in a terminal)."""
+    show_workers: bool = False
+    """In a notebook, show a row of the workers under the bar: busy or idle, tasks, memory."""
     retries: int = 0
     """Run the items of a worker that died (or timed out) again, up to this many times."""
     timeout: float | None = None
@@ -56,8 +58,9 @@ class Options:
             value = getattr(self, name)
             if value is not None and not _is_count(value, minimum=1):
                 raise errors.bad_option(name, value, "a positive whole number, or None")
-        if not isinstance(self.progress, bool):
-            raise errors.bad_option("progress", self.progress, "True or False")
+        for name in ("progress", "show_workers"):
+            if not isinstance(getattr(self, name), bool):
+                raise errors.bad_option(name, getattr(self, name), "True or False")
         if not _is_count(self.retries, minimum=0):
             raise errors.bad_option("retries", self.retries, "a whole number, 0 or more")
         if self.timeout is not None and (

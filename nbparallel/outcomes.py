@@ -93,11 +93,13 @@ def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None, mode: st
         for offset, hole in chunk.holes.items():
             merged[offset] = hole
         ran = merged
+    chunk.failed = len(chunk.holes)
     if not call.keep_going:
         return ran
     kept = []
     for offset, result in enumerate(ran):
         if isinstance(result, tasks.Failure):
+            chunk.failed += 1
             result = _SKIPPED if mode == "skip" else rebuild(call, chunk.position + offset, result)
         if result is not _SKIPPED:
             kept.append(result)

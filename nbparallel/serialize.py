@@ -124,13 +124,17 @@ def dump_chunk(items: list[Any], first_position: int) -> list[Any]:
 
 
 class _FunctionPickler(dill.Pickler):
-    """dill, handing big plain containers a function captures to the C pickler.
+    """dill, sending modules by name and handing big plain containers to the C pickler.
 
     dill's pickler is written in Python: a captured table of a million entries would take it
     seconds, on every call. The C pickler (with dill for notebook code inside) takes a fraction.
     """
 
     def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.ModuleType) and obj.__name__ != _MAIN and obj.__spec__ is not None:
+            # By name, as workers import it. dill would copy the dict of a module outside
+            # site-packages (the user's own helpers.py, an editable install), locks and all.
+            return importlib.import_module, (obj.__name__,)
         if type(obj) in (list, dict, set, tuple) and len(obj) > _BIG_CONTAINER:
             try:
                 return loads, (dumps(obj),)

@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -72,6 +73,7 @@ class Chunk:
     # remaining item stands in the original chunk, and what replaces the ones taken out.
     offsets: list[int] | None = None
     holes: dict[int, Any] = dataclasses.field(default_factory=dict)
+    failed: int = 0  # items whose outcome is an error (with errors="return"/"skip")
 
 
 @dataclasses.dataclass(slots=True)
@@ -145,11 +147,55 @@ class Output:
 
 
 # A worker's slot: integers it shares with the pool through a small memory map, written without
-# any message: the task it runs and the item within it (so a death or a timeout names the item),
-# and the last call cancelled (so a running chunk stops between items).
-SLOT_TASK, SLOT_ITEM, SLOT_CANCELLED = 0, 1, 2
-SLOT_BYTES = 3 * 8
+# any message: the task it runs and the item within it (so a death or a timeout names the item,
+# and the progress bar moves within a chunk), the last call cancelled (so a running chunk stops
+# between items), and how far the running item says it is (`report_progress`): millionths, and
+# the item they were reported for.
+SLOT_TASK, SLOT_ITEM, SLOT_CANCELLED, SLOT_PART, SLOT_PART_ITEM = range(5)
+SLOT_BYTES = 5 * 8
 NOT_STARTED = -1
+_PART_SCALE = 1_000_000
+
+# The slot of the chunk this thread runs (threads backend), or of this worker process (for
+# threads a task starts itself).
+_running = threading.local()
+process_slot: Any = None
+
+
+def report_progress(done: float, total: float) -> None:
+    """Inside a task: the item being run is `done` out of `total` of the way (any unit).
+
+    The call's progress bar moves by that fraction of an item instead of waiting for the item to
+    end. Cheap enough to call in a tight loop (it writes two integers to shared memory); does
+    nothing outside a task (in the notebook itself, or on the dask backend).
+
+    Raises:
+        TypeError, ValueError: `done` or `total` is not a number, or `total` is not above 0.
+    """
+    for name, value in (("done", done), ("total", total)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"nbparallel.progress(done, total): {name} must be a number, not {type(value).__name__}")
+    if not total > 0:
+        raise ValueError(f"nbparallel.progress(done, total): total must be above 0, not {total!r}")
+    slot = getattr(_running, "slot", None) or process_slot
+    if slot is None:
+        return
+    slot[SLOT_PART] = int(min(max(done / total, 0.0), 1.0) * _PART_SCALE)
+    slot[SLOT_PART_ITEM] = slot[SLOT_ITEM]
+
+
+def local_slot(task_id: int) -> list[int]:
+    """A slot for a task run in this process (threads, dask): a plain list, read by nobody else."""
+    return [task_id, NOT_STARTED, 0, 0, NOT_STARTED]
+
+
+def running_items(slot: Any, task_id: int) -> float:
+    """How many items' worth of task `task_id` is done, read from its worker's slot."""
+    if slot[SLOT_TASK] != task_id or slot[SLOT_ITEM] == NOT_STARTED:
+        return 0.0
+    item = slot[SLOT_ITEM]
+    part = slot[SLOT_PART] / _PART_SCALE if slot[SLOT_PART_ITEM] == item else 0.0
+    return item + part
 
 
 def send_message(conn: Any, message: Any) -> None:
@@ -227,6 +273,8 @@ def run_chunk(
         ItemFailed: the function raised (without keep_going); carries the offset and results so far.
     """
     call = item_caller(func, mode)
+    _running.slot = slot
+    slot[SLOT_PART_ITEM] = NOT_STARTED
     results: list[Any] = []
     append = results.append
     start = 0

@@ -229,6 +229,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(int(sys.argv[1]))
     slot = memoryview(mmap.mmap(int(sys.argv[2]), tasks.SLOT_BYTES)).cast("q")
+    tasks.process_slot = slot  # for threads a task starts itself, reporting its progress
     config = pickle.loads(conn.recv_bytes())
     sys.path[:] = config["sys_path"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,10 +24,15 @@ class Reply:
     ename: str = ""
     evalue: str = ""
     payload_text: str = ""
+    widget_views: list[str] = field(default_factory=list)  # model ids of widgets displayed
 
 
 class Kernel:
-    """A kernel of this Python environment, with helpers to run code and find its workers."""
+    """A kernel of this Python environment, with helpers to run code and find its workers.
+
+    Like a frontend, it keeps the state of every widget the kernel creates (`widgets`, by model
+    id), from all messages it reads, whatever cell they belong to.
+    """
 
     def __init__(self, directory: Path) -> None:
         spec_dir = directory / "kernels" / "nbparallel-test"
@@ -41,6 +47,38 @@ class Kernel:
         self.client = self.manager.client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
+        self.widgets: dict[str, dict[str, Any]] = {}
+        self.widget_updates = 0  # comm messages that changed a widget's state
+
+    def _observe(self, msg: dict[str, Any]) -> None:
+        content = msg["content"]
+        if msg["msg_type"] == "comm_open" and content.get("target_name") == "jupyter.widget":
+            self.widgets[content["comm_id"]] = dict(content["data"]["state"])
+        elif msg["msg_type"] == "comm_msg" and content["comm_id"] in self.widgets:
+            state = content["data"].get("state")
+            if content["data"].get("method") in ("update", "echo_update") and state:
+                self.widgets[content["comm_id"]].update(state)
+                self.widget_updates += 1
+
+    def widget_tree(self, model_id: str) -> list[dict[str, Any]]:
+        """The states of a widget and of all widgets inside it, depth first."""
+        state = self.widgets[model_id]
+        found = [state]
+        for child in state.get("children") or []:
+            found.extend(self.widget_tree(child.removeprefix("IPY_MODEL_")))
+        return found
+
+    def read_until(self, condition: Any, timeout: float = 30) -> Any:
+        """Read the kernel's messages (keeping widget state) until `condition()` is truthy."""
+        deadline = time.monotonic() + timeout
+        while not (found := condition()):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"condition not met within {timeout} s: {condition}"
+            try:
+                self._observe(self.client.get_iopub_msg(timeout=min(remaining, 0.5)))
+            except queue.Empty:
+                continue
+        return found
 
     @property
     def pid(self) -> int:
@@ -71,6 +109,7 @@ class Kernel:
         deadline = time.monotonic() + timeout
         while True:
             msg = self.client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            self._observe(msg)
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]
@@ -81,6 +120,9 @@ class Kernel:
                     result.stderr += content["text"]
             elif kind in ("execute_result", "display_data"):
                 result.results.append(content["data"].get("text/plain", ""))
+                view = content["data"].get("application/vnd.jupyter.widget-view+json")
+                if view:
+                    result.widget_views.append(view["model_id"])
             elif kind == "error":
                 result.ename, result.evalue = content["ename"], content["evalue"]
             elif kind == "status" and content["execution_state"] == "idle":

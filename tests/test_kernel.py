@@ -97,6 +97,7 @@ def test_cell_magic_error_is_the_users_exception_with_the_cell_line(shared_kerne
         ("%%parallel for x in [1] --workers 0", "workers=0 is not valid"),
         ("%%parallel for x in [1] --speed 3", "unrecognized arguments"),
         ("%%parallel for x in [1] --backend spark", "unknown backend 'spark'; the backends are: processes, threads, dask"),
+        ("%%parallel for x in [1] --background --unordered", "--background collects results in input order"),
     ],
 )
 def test_malformed_magic_line_raises_usage_error_saying_what_to_write(shared_kernel, line, message):

@@ -38,6 +38,9 @@ class Backend(Protocol):
     def cancel(self, call: tasks.Call, stop_running: bool) -> None:
         """Forget the call's queued chunks; with `stop_running`, stop its running tasks at once."""
 
+    def running_items(self, call: tasks.Call) -> float:
+        """How many items' worth of the call's running tasks is done (for the progress bar)."""
+
     def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
         """Run a setup task on every worker now and on each one started later; how many got it."""
 

@@ -183,6 +183,13 @@ class ProcessPool:
                 else:
                     self._send(worker, tasks.CancelCall(call.call_id))
 
+    def running_items(self, call: tasks.Call) -> float:
+        """Read from the workers' slots: the items they finished, and parts they reported."""
+        with self._lock:
+            running = [(w.slot, w.inflight[0][1].task_id) for w in self._workers.values()
+                       if w.inflight and w.inflight[0][0] is call]
+        return sum(tasks.running_items(slot, task_id) for slot, task_id in running)
+
     def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
         """Run a setup task on every worker now, and first thing on every worker started later.
 

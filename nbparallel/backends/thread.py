@@ -59,6 +59,11 @@ class ThreadPool:
                 if running_call is call:
                     slot[tasks.SLOT_CANCELLED] = call.call_id
 
+    def running_items(self, call: tasks.Call) -> float:
+        with self._lock:
+            slots = [slot for running_call, slot in self._running.values() if running_call is call]
+        return sum(tasks.running_items(slot, slot[tasks.SLOT_TASK]) for slot in slots)
+
     def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
         self.submit(call, tasks.Chunk(tasks.next_id(), 0, 1, items))
         return 1
@@ -120,7 +125,7 @@ class ThreadPool:
             call, chunk = job
             if call.closed:
                 continue
-            slot = [chunk.task_id, tasks.NOT_STARTED, 0]
+            slot = tasks.local_slot(chunk.task_id)
             with self._lock:
                 self._running[me] = (call, slot)
             try:

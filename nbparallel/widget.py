@@ -1,0 +1,80 @@
+"""The progress widget of a call in a notebook (ipywidgets); imported only inside a kernel.
+
+A bar with the call's name and a line of numbers, the bar green, red or orange (stopped) at the
+end; optionally a row of workers below it, where a worker that exited stays visible.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ipywidgets as widgets
+from IPython.display import display
+
+from .progressbar import WORKERS_REDRAW_SECONDS, Snapshot
+
+BAR_STYLES = {"running": "", "done": "success", "failed": "danger", "stopped": "warning"}
+_WORKER_COLOURS = {"idle": "#57606a", "busy": "#0969da", "stopping": "#9a6700", "exited": "#cf222e"}
+
+
+class ProgressBox(widgets.VBox):
+    """A VBox whose plain-text form is fixed when it is shown: stable for nbval to compare."""
+
+    def __init__(self, children: list[Any], text: str) -> None:
+        super().__init__(children)
+        self._text = text
+
+    def __repr__(self) -> str:
+        return self._text
+
+
+class WidgetView:
+    """Shows itself on creation; `show` updates it, `end` gives it its final colour."""
+
+    def __init__(self, start: Snapshot, workers: Callable[[], Sequence[Any]] | None) -> None:
+        self._workers = workers
+        self._seen: dict[int, Any] = {}  # pid -> last status seen
+        self._next_workers = 0.0
+        self.bar = widgets.FloatProgress(
+            value=0.0, min=0.0, max=float(start.total or 1), layout=widgets.Layout(flex="1 1 auto", min_width="8em"),
+        )
+        self.label = widgets.HTML(f"<b>{html.escape(start.name)}</b>")
+        self.numbers = widgets.HTML(html.escape(start.text()))
+        self.worker_row = widgets.HTML("")
+        rows: list[Any] = [widgets.HBox([self.label, self.bar, self.numbers])]
+        if workers is not None:
+            rows.append(self.worker_row)
+        self.box = ProgressBox(rows, text=f"{start.name}: {start.text()}")
+        display(self.box)
+
+    def show(self, snapshot: Snapshot, state: str = "running") -> None:
+        if snapshot.total is not None:
+            self.bar.value = snapshot.value
+        elif state != "running":
+            self.bar.value = self.bar.max  # unknown length: the bar fills when the count is final
+        self.numbers.value = html.escape(snapshot.text(state))
+        if self._workers is not None and (state != "running" or time.monotonic() >= self._next_workers):
+            self._next_workers = time.monotonic() + WORKERS_REDRAW_SECONDS
+            self.worker_row.value = self._worker_chips(self._workers())
+
+    def end(self, snapshot: Snapshot, state: str) -> None:
+        self.show(snapshot, state)
+        self.bar.bar_style = BAR_STYLES[state]
+
+    def _worker_chips(self, workers: Sequence[Any]) -> str:
+        current = {w.pid: w for w in workers}
+        self._seen.update(current)
+        chips = []
+        for pid, worker in self._seen.items():
+            state = worker.state if pid in current else "exited"
+            memory = f" · {worker.memory_rss / 2**20:.0f} MiB" if pid in current else ""
+            colour = _WORKER_COLOURS.get(state, "#57606a")
+            chips.append(
+                f'<span class="nbparallel-worker" data-state="{state}" style="border:1px solid {colour};'
+                f'color:{colour};border-radius:4px;padding:0 4px;margin-right:4px">'
+                f"{pid} {state} · {worker.tasks_done} tasks{memory}</span>"
+            )
+        return "".join(chips)
