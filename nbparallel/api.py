@@ -35,6 +35,7 @@ class ParallelFunction:
         self._options = options
 
     def __call__(self, items: Iterable[Any], **options: Any) -> list[Any]:
+        __tracebackhide__ = True
         return self._owner.map(self.func, items, **{**self._options, **options})
 
     def __repr__(self) -> str:
@@ -154,6 +155,9 @@ class Parallel:
             The function's own exception (its remote traceback as `__cause__`), TypeError for
             bad input, UnsendableError for a function that cannot be sent to the workers.
         """
+        # IPython leaves frames that set __tracebackhide__ out of tracebacks: a failing map shows
+        # the user's cell, then their function's own remote traceback, and none of ours.
+        __tracebackhide__ = True
         if items is _NO_ITEMS:
             return self._decorator(func, options)
         return self._collect(func, items, options, "map")
@@ -182,6 +186,7 @@ class Parallel:
 
     def starmap(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> list[Any]:
         """`func(*args)` for every tuple of arguments: a list in input order."""
+        __tracebackhide__ = True
         return self._collect(func, items, options, "star")
 
     def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -201,6 +206,7 @@ class Parallel:
                             keep_partial, background)
 
     def _collect(self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str) -> list[Any]:
+        __tracebackhide__ = True
         results: list[Any] = []
         # extend() keeps what was yielded before a failure: keep_partial reads it from `results`.
         results.extend(self._stream(func, items, overrides, mode, True, collected=results))

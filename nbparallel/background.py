@@ -56,6 +56,7 @@ class MapHandle:
             The call's own exception; concurrent.futures.CancelledError after `cancel()`;
             TimeoutError if `timeout` passed first.
         """
+        __tracebackhide__ = True  # see Parallel.map
         return self._future.result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:

@@ -118,6 +118,7 @@ def _run(
     ordered: bool, keep_partial: Callable[[dict[int, Any]], None], events: queue.SimpleQueue[Any],
     progress: Progress | None,
 ) -> Iterator[Any]:
+    __tracebackhide__ = True  # see Parallel.map
     workers = options.worker_count
     sizer = tasks.ChunkSizer(total, workers, options.chunksize)
     pieces = tasks.chunks(items, sizer)

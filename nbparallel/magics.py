@@ -128,6 +128,7 @@ class ParallelMagics(Magics):
         (imports, a loaded model, a connection) are available to later tasks in that worker,
         and workers started later run it first.
         """
+        __tracebackhide__ = True  # see Parallel.map
         spec, option_text = split_line(line)
         args = parse_argstring(self.parallel_cell, option_text)
         if args.backend is not None and args.backend not in BACKENDS:
