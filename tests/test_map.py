@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+import sys
 import time
 
 import psutil
@@ -182,3 +183,17 @@ def test_repeated_calls_always_see_the_current_values_of_what_the_function_uses(
     assert parallel.map(shifted, [0]) == [1106]
     STEP = 1
     TABLE[:] = [1, 2, 3]
+
+
+def test_a_module_of_the_users_own_is_imported_by_name_in_workers(session, tmp_path, monkeypatch):
+    """A helpers.py beside the notebook (or an editable install) is imported by the workers, not
+    copied: dill alone would copy its whole dict, here a thread-local that cannot be pickled."""
+    (tmp_path / "nbp_helpers.py").write_text(
+        "import threading\n_state = threading.local()\nSCALE = 3\n\ndef scale(x):\n    return x * SCALE\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # before the session's workers start: they get it
+    monkeypatch.delitem(sys.modules, "nbp_helpers", raising=False)
+    import nbp_helpers
+
+    assert session.map(lambda x: nbp_helpers.scale(x), [1, 2]) == [3, 6]
+    monkeypatch.delitem(sys.modules, "nbp_helpers")

@@ -224,12 +224,21 @@ class ProcessPool:
             self._max_tasks, self._max_memory = max_tasks_per_worker, max_worker_memory
 
     def resize(self, workers: int) -> None:
+        """Start or stop workers; idle ones beyond the new size are gone when this returns
+        (busy ones stop when their task ends)."""
         with self._lock:
             self._size = workers
-            if self._dispatcher is not None:
-                self._fill()
-                self._retire_extra()
-                self._wake()
+            if self._dispatcher is None:
+                return
+            self._fill()
+            stopping = self._retire_extra()
+            self._wake()
+        for worker in stopping:
+            _reap(worker)
+        with self._lock:
+            for worker in stopping:
+                self._workers.pop(worker.conn, None)  # its EOF is then ignored
+            self._record()
 
     def status(self) -> list[WorkerStatus]:
         with self._lock:
@@ -287,8 +296,10 @@ class ProcessPool:
     def _record(self) -> None:
         lifecycle.record_workers([(w.pid, w.create_time) for w in self._workers.values()])
 
-    def _retire_extra(self) -> None:
-        """Retire workers beyond the pool's size, idle ones first; each stops when it is idle."""
+    def _retire_extra(self) -> list[_Worker]:
+        """Retire workers beyond the pool's size, idle ones first; each stops when it is idle.
+
+        Returns the idle ones, told to stop now."""
         extra = sum(not w.retiring for w in self._workers.values()) - self._size
         for worker in sorted(self._workers.values(), key=lambda w: len(w.inflight)):
             if extra <= 0:
@@ -296,10 +307,13 @@ class ProcessPool:
             if not worker.retiring:
                 worker.retiring = True
                 extra -= 1
+        stopping = []
         for worker in self._workers.values():
             if worker.retiring and not worker.inflight and not worker.stopping:
                 worker.stopping = True  # it exits; the dispatcher sees EOF and reaps it
                 self._send(worker, tasks.StopWorker())
+                stopping.append(worker)
+        return stopping
 
     def _wake(self) -> None:
         if not self._woken:
