@@ -20,11 +20,14 @@ BAR_STYLES = {"running": "", "done": "success", "failed": "danger", "stopped": "
 _WORKER_COLOURS = {"idle": "#57606a", "busy": "#0969da", "stopping": "#9a6700", "exited": "#cf222e"}
 
 
-class ProgressBox(widgets.VBox):
-    """A VBox whose plain-text form is fixed when it is shown: stable for nbval to compare."""
+class ProgressBox(widgets.Box):
+    """The widget of one call, whose plain-text form is fixed when it is shown (stable for nbval)."""
 
     def __init__(self, children: list[Any], text: str) -> None:
-        super().__init__(children)
+        # One flex box that wraps: the bar and its numbers on a line, the worker row below.
+        # Few widgets on purpose: each is a model the frontend must open before the call starts.
+        super().__init__(children, layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+        self.add_class("nbparallel-progress")
         self._text = text
 
     def __repr__(self) -> str:
@@ -39,15 +42,16 @@ class WidgetView:
         self._seen: dict[int, Any] = {}  # pid -> last status seen
         self._next_workers = 0.0
         self.bar = widgets.FloatProgress(
-            value=0.0, min=0.0, max=float(start.total or 1), layout=widgets.Layout(flex="1 1 auto", min_width="8em"),
+            value=0.0, min=0.0, max=float(start.total or 1), description=start.name,
+            style={"description_width": "initial"}, layout=widgets.Layout(flex="1 1 auto", min_width="12em"),
         )
-        self.label = widgets.HTML(f"<b>{html.escape(start.name)}</b>")
-        self.numbers = widgets.HTML(html.escape(start.text()))
-        self.worker_row = widgets.HTML("")
-        rows: list[Any] = [widgets.HBox([self.label, self.bar, self.numbers])]
+        self.numbers = widgets.HTML(html.escape(start.text()), layout=widgets.Layout(margin="0 0 0 8px"))
+        children: list[Any] = [self.bar, self.numbers]
+        self.worker_row: Any = None
         if workers is not None:
-            rows.append(self.worker_row)
-        self.box = ProgressBox(rows, text=f"{start.name}: {start.text()}")
+            self.worker_row = widgets.HTML("", layout=widgets.Layout(width="100%"))
+            children.append(self.worker_row)
+        self.box = ProgressBox(children, text=f"{start.name}: {start.text()}")
         display(self.box)
 
     def show(self, snapshot: Snapshot, state: str = "running") -> None:
@@ -56,8 +60,9 @@ class WidgetView:
         elif state != "running":
             self.bar.value = self.bar.max  # unknown length: the bar fills when the count is final
         self.numbers.value = html.escape(snapshot.text(state))
-        if self._workers is not None and (state != "running" or time.monotonic() >= self._next_workers):
+        if self.worker_row is not None and (state != "running" or time.monotonic() >= self._next_workers):
             self._next_workers = time.monotonic() + WORKERS_REDRAW_SECONDS
+            assert self._workers is not None
             self.worker_row.value = self._worker_chips(self._workers())
 
     def end(self, snapshot: Snapshot, state: str) -> None:

@@ -85,7 +85,7 @@ def test_progress_bars_render_move_and_end_green_then_red_in_jupyterlab(chromium
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "progress-widget.png"))
             top = page.locator(".jp-Cell").nth(1).bounding_box()
-            bottom = page.locator(".jupyter-widgets.widget-vbox").nth(1).bounding_box()
+            bottom = page.locator(".nbparallel-progress").nth(1).bounding_box()
             assert top is not None and bottom is not None
             page.screenshot(path=str(ARTIFACTS / "progress-widget-cells.png"), clip={
                 "x": top["x"], "y": top["y"], "width": top["width"],
@@ -100,7 +100,7 @@ def test_progress_bars_render_move_and_end_green_then_red_in_jupyterlab(chromium
             widths = page.evaluate("() => window.nbparallelWidths[0]")
             moving = [w for w in widths if w not in ("", "0%", "100%")]
             assert len(moving) >= 3, f"the bar did not move live; widths seen: {widths}"
-            numbers = page.locator(".widget-hbox .widget-html-content").all_inner_texts()
+            numbers = page.locator(".nbparallel-progress .widget-html-content").all_inner_texts()
             assert any(text.startswith("40/40 items") for text in numbers), numbers
             assert any("1 error" in text for text in numbers), numbers
             assert page.locator(".nbparallel-worker").count() >= 2
