@@ -86,11 +86,11 @@ def _call_factory(backend: Backend, func: Callable[..., Any], mode: str, options
     if backend.copies_data:
         payload = serialize.dump_function(func)
     else:
-        payload = serialize.FunctionPayload(serialize.function_name(func), b"", b"")
+        payload = serialize.FunctionPayload(serialize.function_name(func), [], b"")
 
     def new_call(deliver: Callable[[object], None], max_workers: int) -> tasks.Call:
         return tasks.Call(
-            call_id=tasks.next_id(), name=payload.name, func=func, function=payload.data,
+            call_id=tasks.next_id(), name=payload.name, func=func, function=payload.frames,
             digest=payload.digest, mode=mode, max_workers=max_workers, deliver=deliver,
             timeout=options.timeout, keep_going=options.errors != "raise",
         )

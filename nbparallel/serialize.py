@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import io
 import linecache
+import os
 import pickle
 import sys
 import threading
@@ -38,6 +39,7 @@ _MAX_DEPTH = 6
 _MAX_OBJECTS = 10_000
 _MAX_CONTAINER = 1_000
 _BIG_CONTAINER = 1_000  # captured containers larger than this are pickled by the C pickler
+_OUT_OF_BAND_ABOVE = 2**20  # a captured buffer (an array's data) above this travels as a frame
 
 # In a worker: the globals of the function being run, which stand in for the notebook.
 _receiver_namespace: dict[str, Any] | None = None
@@ -124,7 +126,7 @@ def dump_chunk(items: list[Any], first_position: int) -> list[Any]:
 
 
 class _FunctionPickler(dill.Pickler):
-    """dill, sending modules by name and handing big plain containers to the C pickler.
+    """dill, sending modules by name, arrays out of band, and big plain containers through the C pickler.
 
     dill's pickler is written in Python: a captured table of a million entries would take it
     seconds, on every call. The C pickler (with dill for notebook code inside) takes a fraction.
@@ -135,6 +137,10 @@ class _FunctionPickler(dill.Pickler):
             # By name, as workers import it. dill would copy the dict of a module outside
             # site-packages (the user's own helpers.py, an editable install), locks and all.
             return importlib.import_module, (obj.__name__,)
+        if type(obj).__name__ == "ndarray" and type(obj).__module__ == "numpy":
+            # NumPy's own reduction hands its data to the pickler as a buffer, which can travel
+            # out of band; dill's (kept for subclasses) copies it into the pickle.
+            return obj.__reduce_ex__(PROTOCOL)
         if type(obj) in (list, dict, set, tuple) and len(obj) > _BIG_CONTAINER:
             try:
                 return loads, (dumps(obj),)
@@ -148,7 +154,9 @@ class FunctionPayload:
     """A call's function, serialized once; workers cache it by digest."""
 
     name: str
-    data: bytes
+    # The pickle, then the raw data of large arrays it captures, pickled out of band (so that
+    # they can be shared with workers instead of copied through the socket).
+    frames: list[Any]
     digest: bytes
 
 
@@ -212,24 +220,46 @@ def _unchanging_key(func: Any, captures: list[tuple[str, object]]) -> tuple[Any,
 
 
 def _dump_function(func: Callable[..., Any], name: str, captures: list[tuple[str, object]]) -> FunctionPayload:
+    large: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        if buffer.raw().nbytes < _OUT_OF_BAND_ABOVE:
+            return True  # in the pickle itself
+        large.append(buffer.raw())
+        return False
+
     try:
         buffer = io.BytesIO()
-        _FunctionPickler(buffer, protocol=PROTOCOL, recurse=True).dump(func)
+        _FunctionPickler(buffer, protocol=PROTOCOL, recurse=True, buffer_callback=out_of_band).dump(func)
         code = buffer.getvalue()
     except Exception as error:
         raise _explain_function_failure(func, name, error) from error
     functions = [obj for obj in [func, *(o for _, o in captures)] if isinstance(obj, types.FunctionType)]
     data = pickle.dumps((_notebook_sources(functions), _submodules_used(functions), code), protocol=PROTOCOL)
-    return FunctionPayload(name, data, hashlib.blake2b(data, digest_size=16).digest())
+    # Large buffers are not hashed (that would cost more than sending them): a payload with any
+    # gets a digest of its own, so a worker never takes it for another.
+    if large:
+        digest = _LARGE + hashlib.blake2b(data + os.urandom(16), digest_size=15).digest()
+    else:
+        digest = _SMALL + hashlib.blake2b(data, digest_size=15).digest()
+    return FunctionPayload(name, [data, *large], digest)
 
 
-def load_function(data: bytes) -> Callable[..., Any]:
+_SMALL, _LARGE = b"s", b"L"  # first byte of a payload's digest: does it hold large buffers?
+
+
+def holds_large_data(digest: bytes) -> bool:
+    """True for the digest of a payload with large buffers (unique to one call)."""
+    return digest[:1] == _LARGE
+
+
+def load_function(frames: list[Any]) -> Callable[..., Any]:
     """Rebuild a function in a worker, with the source lines of notebook cells for tracebacks."""
-    sources, submodules, code = pickle.loads(data)
+    sources, submodules, code = pickle.loads(frames[0])
     linecache.cache.update(sources)
     for module in submodules:
         importlib.import_module(module)
-    return dill.loads(code)
+    return dill.loads(code, buffers=frames[1:])
 
 
 def _explain_function_failure(func: Callable[..., Any], name: str, error: Exception) -> Exception:

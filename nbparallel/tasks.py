@@ -1,5 +1,7 @@
 """Chunks, the messages between the pool and its workers, and `run_chunk`, shared by every backend.
 
+(How messages cross the socket is `transport`'s job.)
+
 Parent to worker: `RunTask`, `CancelCall`, `StopWorker`. Worker to parent: `TaskDone`, `TaskFailed`, `Output`.
 Every message is a small data-only class; payloads inside are already-serialized bytes, so the
 pool itself never runs user code (no user object is unpickled in its dispatcher thread).
@@ -8,12 +10,10 @@ pool itself never runs user code (no user object is unpickled in its dispatcher 
 from __future__ import annotations
 
 import contextvars
-import copy
 import dataclasses
 import itertools
 import math
 import os
-import pickle
 import sys
 import threading
 import traceback
@@ -38,7 +38,7 @@ class Call:
     call_id: int
     name: str  # the function's name, for messages
     func: Callable[..., Any]  # the function itself, for backends that run in this process
-    function: bytes  # serialized once for the whole call (empty for backends that need not)
+    function: list[Any]  # serialized once for the whole call: frames (none for backends that need not)
     digest: bytes
     # How an item is passed: "map" f(x), "star" f(*x), "apply" f(*args, **kwargs); "setup" runs
     # the function's code in the worker's own namespace, where later tasks find what it defines.
@@ -50,6 +50,7 @@ class Call:
     # The caller's context: output written in it shows in the caller's notebook cell.
     context: contextvars.Context = dataclasses.field(default_factory=contextvars.copy_context)
     closed: bool = False  # set when the caller stops listening; later events are dropped
+    shared_function: list[Any] | None = None  # `function` as a process pool sends it, made once
 
     def write_output(self, stream: str, text: str) -> None:
         self.context.run(_write, stream, text)
@@ -81,10 +82,12 @@ class RunTask:
     task_id: int
     call_id: int
     digest: bytes
-    function: bytes | None  # None when the worker already holds the function with this digest
     mode: str
     keep_going: bool
-    frames: list[Any]  # the serialized items (see send_message)
+    # The serialized items (see transport.send_message); first, when the worker does not hold
+    # the function with this digest yet, the function's frames: `function_frames` of them.
+    frames: list[Any]
+    function_frames: int = 0
 
 
 @dataclasses.dataclass(slots=True)
@@ -196,33 +199,6 @@ def running_items(slot: Any, task_id: int) -> float:
     item = slot[SLOT_ITEM]
     part = slot[SLOT_PART] / _PART_SCALE if slot[SLOT_PART_ITEM] == item else 0.0
     return item + part
-
-
-def send_message(conn: Any, message: Any) -> None:
-    """Send a message; its `frames` (large buffers) go as frames of their own, uncopied."""
-    frames = getattr(message, "frames", None)
-    if not frames:
-        conn.send_bytes(pickle.dumps(message, protocol=5))
-        return
-    header = copy.copy(message)
-    header.frames = [memoryview(frame).nbytes for frame in frames]
-    conn.send_bytes(pickle.dumps(header, protocol=5))
-    for frame in frames:
-        conn.send_bytes(frame)
-
-
-def receive_message(conn: Any) -> Any:
-    """Receive a message sent by `send_message`, its frames into fresh writable buffers."""
-    message = pickle.loads(conn.recv_bytes())
-    sizes = getattr(message, "frames", None)
-    if sizes:
-        frames = []
-        for size in sizes:
-            frame = bytearray(size)
-            conn.recv_bytes_into(frame)
-            frames.append(frame)
-        message.frames = frames
-    return message
 
 
 class Raised:

@@ -23,7 +23,7 @@ from typing import Any
 
 from multiprocess.connection import Connection
 
-from . import errors, serialize, tasks
+from . import errors, serialize, tasks, transport
 
 # Functions a worker keeps, by digest; the pool mirrors this cache to know what to send again.
 FUNCTION_CACHE_SIZE = 16
@@ -44,6 +44,11 @@ class FunctionCache:
         return digest in self._entries
 
     def touch(self, digest: bytes, value: Any = None) -> None:
+        if serialize.holds_large_data(digest):
+            # Such a function is never sent again (its digest is unique to its call): keep only
+            # the newest, so that old calls' arrays do not stay mapped in every worker.
+            for old in [d for d in self._entries if d != digest and serialize.holds_large_data(d)]:
+                del self._entries[old]
         if value is not None or digest not in self._entries:
             self._entries[digest] = value
         self._entries.move_to_end(digest)
@@ -64,7 +69,7 @@ class _Sender:
 
     def send(self, message: object) -> None:
         with self._lock:
-            tasks.send_message(self._conn, message)
+            transport.send_message(self._conn, message)
 
 
 class _ForwardedStream:
@@ -104,7 +109,7 @@ def _read_forever(conn: Connection, inbox: queue.SimpleQueue[Any], cancelled: co
                   slot: memoryview) -> None:
     try:
         while True:
-            message = tasks.receive_message(conn)
+            message = transport.receive_message(conn)
             if isinstance(message, tasks.CancelCall):
                 cancelled.append(message.call_id)
                 slot[tasks.SLOT_CANCELLED] = message.call_id  # a running chunk stops at its next item
@@ -181,7 +186,7 @@ def run_task(task: tasks.RunTask, functions: FunctionCache, setup: SetupNamespac
         func = functions.get(task.digest)
         if func is None:
             raise RuntimeError("nbparallel internal error: the pool did not send the function")
-        if isinstance(func, bytes):
+        if isinstance(func, list):  # its frames, as they arrived
             func = serialize.load_function(func)
             functions.touch(task.digest, func)
         serialize.set_receiver_namespace(getattr(func, "__globals__", None))
@@ -250,7 +255,11 @@ def main() -> None:
             # Exit without interpreter finalization: nothing here needs it, and output written
             # during it would go to a socket the pool may already have closed.
             os._exit(0)
-        functions.touch(task.digest, task.function)
+        if task.function_frames:
+            functions.touch(task.digest, task.frames[:task.function_frames])
+            task.frames = task.frames[task.function_frames:]
+        else:
+            functions.touch(task.digest)
         sender.task_id = task.task_id
         slot[tasks.SLOT_ITEM] = tasks.NOT_STARTED
         slot[tasks.SLOT_TASK] = task.task_id
@@ -258,6 +267,8 @@ def main() -> None:
             reply: object = tasks.TaskDone(task.task_id, [], 0.0)
         else:
             reply = run_task(task, functions, setup, slot)
+            if isinstance(reply, tasks.TaskDone) and reply.frames:
+                reply.frames = transport.share_large(reply.frames)
         stdout.flush()
         stderr.flush()
         sender.send(reply)

@@ -7,6 +7,7 @@ import itertools
 import os
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -157,6 +158,50 @@ def test_large_arrays_travel_out_of_band_and_come_back_writable():
         assert numpy.array_equal(result, part * 2)
     doubled[1][0] = -1.0  # writable: not a view of a read-only message
     assert doubled[1][0] == -1.0
+
+
+def shared_frames(pid: int) -> int:
+    """How many nbparallel shared files process `pid` holds, open or mapped (Linux /proc)."""
+    proc = Path(f"/proc/{pid}")
+    held = set()
+    for fd in (proc / "fd").iterdir():
+        try:
+            if "nbparallel-frame" in os.readlink(fd):
+                held.add(fd.stat().st_ino)
+        except FileNotFoundError:  # closed meanwhile (the listing's own descriptor, say)
+            continue
+    held |= {int(line.split()[4]) for line in (proc / "maps").read_text().splitlines() if "nbparallel-frame" in line}
+    return len(held)
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="shared files are anonymous (memfd) on Linux only")
+def test_big_arrays_go_through_shared_memory_copy_on_write_and_nothing_stays_behind(session):
+    """Arrays above the sharing threshold, as items, results and captured globals, arrive
+    correct; a worker changing its copy changes nothing in the notebook; and once calls are
+    done no shared file is left, in the notebook or in the workers (bar the newest function's)."""
+    numpy = pytest.importorskip("numpy")
+    blocks = [numpy.full(3_000_000, float(n)) for n in range(4)]  # 24 MB each: shared, not sent
+
+    def scribble(block):
+        block[0] = -1.0  # the worker's copy only
+        return block.sum()
+
+    sums = session.map(scribble, blocks, chunksize=1)
+    assert sums == [n * 3_000_000 - n - 1.0 for n in range(4)]
+    assert all(block[0] == n for n, block in enumerate(blocks))
+
+    copies = session.map(lambda n: numpy.full(2_000_000, n, dtype=numpy.int64), range(3))
+    assert [int(c[-1]) for c in copies] == [0, 1, 2]
+    copies[1][0] = 7  # the caller's results are writable
+
+    for value in (1.0, 2.0, 3.0):
+        grid = numpy.full(4_000_000, value)  # a captured global of 32 MB, new each time
+        assert session.map(lambda i: grid[i], [0, 3_999_999]) == [value, value]
+
+    del copies
+    assert shared_frames(os.getpid()) == 0
+    for worker in session.status().workers:
+        assert shared_frames(worker.pid) <= 1  # the newest big function, kept for a repeat call
 
 
 STEP = 1

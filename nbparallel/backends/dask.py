@@ -32,7 +32,7 @@ _setup = worker.SetupNamespace()
 _functions_lock = threading.Lock()
 
 
-def run_on_dask_worker(function: bytes, task: tasks.RunTask) -> tuple[object, str, str]:
+def run_on_dask_worker(function: list[bytes], task: tasks.RunTask) -> tuple[object, str, str]:
     """Run one task in a dask worker: its message, and what it printed (stdout, stderr)."""
     with _functions_lock:
         if task.digest not in _functions:
@@ -42,14 +42,14 @@ def run_on_dask_worker(function: bytes, task: tasks.RunTask) -> tuple[object, st
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         message = worker.run_task(task, _functions, _setup, slot)
     if isinstance(message, tasks.TaskDone) and message.frames is not None:
-        message.frames = [bytes(frame) for frame in message.frames]
+        message.frames = _as_bytes(message.frames)
     return message, out.getvalue(), err.getvalue()
 
 
 class EveryWorkerCell(distributed.WorkerPlugin):
     """Runs an every-worker cell on each dask worker, now and on every worker that joins later."""
 
-    def __init__(self, function: bytes, values: bytes) -> None:
+    def __init__(self, function: list[bytes], values: bytes) -> None:
         self.function, self.values = function, values
 
     def setup(self, worker: Any) -> None:
@@ -111,10 +111,10 @@ class DaskBackend:
         with self._lock:
             function = self._scattered.get(call.digest)
             if function is None:
-                function = self._scattered[call.digest] = client.scatter(call.function, broadcast=False)
+                function = self._scattered[call.digest] = client.scatter(_as_bytes(call.function), broadcast=False)
         message = tasks.RunTask(
-            chunk.task_id, call.call_id, call.digest, None, call.mode, call.keep_going,
-            [bytes(frame) for frame in chunk.data],  # dask serializes the message itself
+            chunk.task_id, call.call_id, call.digest, call.mode, call.keep_going,
+            _as_bytes(chunk.data),  # dask serializes the message itself
         )
         future = client.submit(run_on_dask_worker, function, message, pure=False,
                                key=f"nbparallel-{call.call_id}-{chunk.task_id}")
@@ -151,7 +151,7 @@ class DaskBackend:
     def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
         client = self._connect()
         self._setups += 1
-        plugin = EveryWorkerCell(call.function, serialize.dumps(items))
+        plugin = EveryWorkerCell(_as_bytes(call.function), serialize.dumps(items))
         replies = client.register_plugin(plugin, name=f"nbparallel-setup-{self._setups}")
         for reply in replies.values():
             if reply.get("status") == "OK":
@@ -205,3 +205,8 @@ class DaskBackend:
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _as_bytes(frames: list[Any]) -> list[bytes]:
+    """Frames as bytes, which dask serializes itself (memoryviews it cannot)."""
+    return [bytes(frame) for frame in frames]

@@ -38,7 +38,7 @@ from typing import Any
 import psutil
 from multiprocess.connection import Connection, Pipe, wait
 
-from .. import errors, lifecycle, serialize, tasks
+from .. import errors, lifecycle, serialize, tasks, transport
 from . import WorkerStatus
 from ..worker import FunctionCache
 
@@ -159,7 +159,8 @@ class ProcessPool:
         Raises:
             UnsendableError: an item cannot be serialized (before anything is queued or started).
         """
-        chunk.data = serialize.dump_chunk(chunk.items, chunk.position)
+        chunk.data = transport.share_large(serialize.dump_chunk(chunk.items, chunk.position))
+        _share_function(call)
         with self._lock:
             self._start()
             self._pending.append((call, chunk))
@@ -373,15 +374,16 @@ class ProcessPool:
         """Send a task of `call` to this very worker, ahead of anything assigned later."""
         chunk = tasks.Chunk(tasks.next_id(), 0, 1, items)
         chunk.data = serialize.dump_chunk(items, 0)
+        _share_function(call)
         self._send_task(worker, call, chunk)
 
     def _send_task(self, worker: _Worker, call: tasks.Call, chunk: tasks.Chunk) -> None:
         worker.inflight.append((call, chunk))
-        send_function = call.digest not in worker.functions
+        function = (call.shared_function or []) if call.digest not in worker.functions else []
         worker.functions.touch(call.digest)
         self._send(worker, tasks.RunTask(
-            chunk.task_id, call.call_id, call.digest,
-            call.function if send_function else None, call.mode, call.keep_going, chunk.data,
+            chunk.task_id, call.call_id, call.digest, call.mode, call.keep_going,
+            [*function, *chunk.data], len(function),
         ))
 
     def _free_worker(self, call: tasks.Call) -> _Worker | None:
@@ -400,13 +402,13 @@ class ProcessPool:
 
     def _send(self, worker: _Worker, message: object) -> None:
         try:
-            tasks.send_message(worker.conn, message)
+            transport.send_message(worker.conn, message)
         except OSError:
             pass  # it died; the dispatcher sees EOF on its socket and reports it
 
     def _receive(self, conn: Connection) -> None:
         try:
-            message = tasks.receive_message(conn)
+            message = transport.receive_message(conn)
         except (EOFError, OSError):
             self._on_exit(conn)
             return
@@ -468,6 +470,12 @@ class ProcessPool:
                 chunk.task_id, worker.pid, returncode,
                 offset if offset != tasks.NOT_STARTED else None, worker.timed_out,
             ))
+
+
+def _share_function(call: tasks.Call) -> None:
+    """Put the call's large function frames (arrays it captures) in shared files, once per call."""
+    if call.shared_function is None:
+        call.shared_function = transport.share_large(call.function)
 
 
 def _reap(worker: _Worker) -> int | None:

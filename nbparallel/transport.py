@@ -1,0 +1,94 @@
+"""How messages cross the socket between the pool and a worker, copying large data as little as possible.
+
+A message is pickled; its `frames` (the raw buffers of large arrays and bytes, pickled out of
+band) follow it, each as a message of its own, received straight into a buffer. A frame above
+`SHARE_ABOVE` bytes does not go through the socket at all: `share_large` writes it once into an
+anonymous shared file (a `SharedFrame`) whose descriptor is passed along (SCM_RIGHTS), however many
+workers it goes to, and the receiver maps it copy-on-write. Nothing can leak: the file has no
+name, and its memory is freed when the last descriptor and mapping are gone.
+"""
+
+from __future__ import annotations
+
+import copy
+import mmap
+import os
+import pickle
+import socket
+import tempfile
+import weakref
+from typing import Any
+
+SHARE_ABOVE = 8 * 2**20
+
+
+class SharedFrame:
+    """A frame's bytes in an anonymous shared file, written once; closed when no longer referenced."""
+
+    def __init__(self, frame: Any) -> None:
+        view = memoryview(frame).cast("B")
+        self.size = view.nbytes
+        self.fd = _anonymous_file()
+        self._closer = weakref.finalize(self, os.close, self.fd)
+        written = 0
+        while written < self.size:
+            written += os.write(self.fd, view[written:])
+
+
+def share_large(frames: list[Any]) -> list[Any]:
+    """`frames`, with those above SHARE_ABOVE bytes moved into shared files."""
+    return [SharedFrame(f) if not isinstance(f, SharedFrame) and memoryview(f).nbytes > SHARE_ABOVE else f
+            for f in frames]
+
+
+def send_message(conn: Any, message: Any) -> None:
+    """Send a message; its `frames` (large buffers) go as frames of their own, uncopied."""
+    frames = getattr(message, "frames", None)
+    if not frames:
+        conn.send_bytes(pickle.dumps(message, protocol=5))
+        return
+    header = copy.copy(message)
+    # A size for a frame sent through the socket; (size,) for a shared file.
+    header.frames = [(f.size,) if isinstance(f, SharedFrame) else memoryview(f).nbytes for f in frames]
+    conn.send_bytes(pickle.dumps(header, protocol=5))
+    for frame in frames:
+        if isinstance(frame, SharedFrame):
+            with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                socket.send_fds(sock, [b"F"], [frame.fd])
+        else:
+            conn.send_bytes(frame)
+
+
+def receive_message(conn: Any) -> Any:
+    """Receive a message sent by `send_message`, its frames into fresh writable buffers."""
+    message = pickle.loads(conn.recv_bytes())
+    sizes = getattr(message, "frames", None)
+    if sizes:
+        frames: list[Any] = []
+        for size in sizes:
+            if isinstance(size, tuple):
+                frames.append(_receive_shared(conn, size[0]))
+            else:
+                frame = bytearray(size)
+                conn.recv_bytes_into(frame)
+                frames.append(frame)
+        message.frames = frames
+    return message
+
+
+def _anonymous_file() -> int:
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("nbparallel-frame", os.MFD_CLOEXEC)
+    with tempfile.TemporaryFile() as file:  # unlinked at once where it cannot be anonymous
+        return os.dup(file.fileno())
+
+
+def _receive_shared(conn: Any, size: int) -> memoryview:
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    (fd,) = fds
+    try:
+        # Copy-on-write: the receiver may change its arrays; the sender's data stays as it was.
+        return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
+    finally:
+        os.close(fd)
