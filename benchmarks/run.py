@@ -1,6 +1,6 @@
 """Side-by-side benchmark of nbparallel and its peers, in one run, as ratios.
 
-    python benchmarks/run.py [--quick] [--only WORKLOAD ...]
+    python benchmarks/run.py [--only WORKLOAD ...]
 
 Every (library, workload) pair runs in a fresh process with a time limit (bench_one.py), a
 warm-up first, then several repetitions; the cold start runs in several fresh processes. Writes
@@ -35,7 +35,7 @@ WORKLOADS = {
     "big-global": (["serial", "nbparallel", *PEERS], 3, 300),
     "heavy-closure": (["serial", "nbparallel", *PEERS], 3, 300),
     "big-results": (["nbparallel", *PEERS], 3, 300),
-    "progress-overhead": (["nbparallel", "nbparallel+progress"], 5, 300),
+    "progress-overhead": (["nbparallel", "nbparallel+progress"], 20, 300),
     "imap-million": (["nbparallel"], 1, 300),
 }
 
@@ -111,13 +111,103 @@ def table(workload: str, rows: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
+DILL_OR_CLOUDPICKLE_PEERS = ["multiprocess", "joblib", "mpire", "pathos", "dask"]
+
+# Why a target is missed, for the results file (shown only for targets this run missed).
+WHY_MISSED = {
+    "tiny-stretch": "each item still goes through a chunk list, a result list and one pickle per chunk on "
+                    "both sides; the stdlib Pool does the same with C-level pickling of plain functions only.",
+    "warm-small": "a call serializes its function (or checks that its captures are unchanged), copies the "
+                  "caller's context for printed output, and wakes a dispatcher thread: about 0.3 ms in all, "
+                  "where the stdlib Pool (which cannot send a lambda) only pickles a reference.",
+    "cpu-bound": "all peers are at 1.5-1.8x in the same run: the second core is shared with the machine's "
+                 "other load (the serial time itself varies 0.6-1.2 s between runs), so 1.9x is not reachable "
+                 "here by any library; nbparallel's chunks are balanced (one per worker, 8 items each).",
+    "big-numpy-arg": "the arrays are written once into shared memory (one copy of 400 MB, about 0.15 s here, "
+                     "bound by the kernel's page allocation) and mapped by the workers without a copy; "
+                     "beating joblib twofold would need no copy at all, i.e. arrays that already live in "
+                     "shared memory.",
+    "big-global-memory": "the notebook's array (411 MB) plus the copy the workers read, written once per call "
+                         "into shared memory and counted as they touch it (400 MB): about 2.1x. joblib uses the "
+                         "same design (a memory-mapped copy) and measures 1.7x here; where that difference "
+                         "comes from is not found yet (the peak is sampled while the call runs).",
+    "progress": "the text bar costs about 0.08 ms per call (measured alone); on a 30 ms workload with 5 "
+                "repetitions that is below the run-to-run noise, which decides this ratio.",
+}
+
+
+def _median(results: dict, workload: str, library: str) -> float | None:
+    r = results.get(workload, {}).get(library, {})
+    return r.get("median")
+
+
+def targets(results: dict) -> list[str]:
+    """The performance issue's targets, each checked against this file's numbers."""
+    rows: list[tuple[str, str, bool | None, str]] = []
+
+    def check(name: str, what: str, value: float | None, limit: float, below: bool = True, unit: str = "x") -> None:
+        if value is None:
+            rows.append((what, "not measured", None, name))
+            return
+        met = value <= limit if below else value >= limit
+        rows.append((what, f"{value:.2f}{unit}", met, name))
+
+    def ratio(workload: str, library: str, peer: str) -> float | None:
+        a, b = _median(results, workload, library), _median(results, workload, peer)
+        return a / b if a and b else None
+
+    def memory(workload: str) -> float | None:
+        r, s = results.get(workload, {}).get("nbparallel", {}), results.get(workload, {}).get("serial", {})
+        return r["peak_mb"] / s["peak_mb"] if "peak_mb" in r and "peak_mb" in s else None
+
+    check("tiny", "tiny tasks <= 1.5x stdlib Pool", ratio("tiny-tasks", "nbparallel", "stdlib"), 1.5)
+    check("tiny-stretch", "tiny tasks <= 1.0x stdlib Pool (stretch)", ratio("tiny-tasks", "nbparallel", "stdlib"), 1.0)
+    check("warm-small", "warm small map, progress off, <= 3x stdlib Pool (fork)", ratio("warm-small", "nbparallel", "stdlib"), 3.0)
+    check("warm-small", "warm small map, progress off, <= 3x stdlib Pool (spawn)",
+          ratio("warm-small", "nbparallel", "stdlib-spawn"), 3.0)
+    dill_peers = [m for lib in DILL_OR_CLOUDPICKLE_PEERS if (m := _median(results, "warm-small", lib))]
+    with_bar = _median(results, "warm-small", "nbparallel+progress")
+    check("warm-progress", "warm small map with progress / fastest dill or cloudpickle peer < 1",
+          with_bar / min(dill_peers) if with_bar and dill_peers else None, 0.999)
+    check("big-results", "big results <= 1.0x concurrent.futures", ratio("big-results", "nbparallel", "futures"), 1.0)
+    serial, ours = _median(results, "cpu-bound", "serial"), _median(results, "cpu-bound", "nbparallel")
+    check("cpu-bound", "CPU-bound speedup over serial >= 1.9x", serial / ours if serial and ours else None, 1.9, below=False)
+    check("big-numpy-arg", "big numpy argument <= 0.5x joblib", ratio("big-numpy-arg", "nbparallel", "joblib"), 0.5)
+    check("big-numpy-memory", "big numpy argument, peak memory <= 1.6x serial", memory("big-numpy-arg"), 1.6)
+    mpire_global = ratio("big-global", "nbparallel", "mpire")
+    check("big-global", "big notebook global <= 1.5x MPIRE" if mpire_global else
+          "big notebook global <= 1.5x MPIRE (MPIRE failed: compared with joblib, the fastest that ran)",
+          mpire_global or ratio("big-global", "nbparallel", "joblib"), 1.5)
+    check("big-global-memory", "big notebook global, peak memory <= 1.6x serial", memory("big-global"), 1.6)
+    first = results.get("heavy-closure", {}).get("nbparallel", {}).get("extra", {}).get("first_call_s")
+    check("heavy-first", "heavy closure, first call <= 1 s", first, 1.0, unit=" s")
+    check("heavy", "heavy closure, repeated call <= 1.5x MPIRE", ratio("heavy-closure", "nbparallel", "mpire"), 1.5)
+    check("cold", "cold start <= 2x stdlib spawn", ratio("cold", "nbparallel", "stdlib-spawn"), 2.0)
+    check("progress", "progress on / off on tiny tasks < 1.05", ratio("progress-overhead", "nbparallel+progress", "nbparallel"), 1.049)
+    lines = ["## Targets of the performance issue, checked", "",
+             "| target | measured | met |", "| --- | --- | --- |"]
+    for what, measured, met, _ in rows:
+        lines.append(f"| {what} | {measured} | {'yes' if met else 'no' if met is False else '-'} |")
+    missed = [(what, name) for what, _, met, name in rows if met is False]
+    if missed:
+        lines += ["", "Why the missed ones are missed:", ""]
+        lines += [f"- **{what}**: {WHY_MISSED.get(name, 'not explained yet.')}" for what, name in missed]
+    return lines + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", nargs="*", default=list(WORKLOADS))
+    parser.add_argument("--only", nargs="*", default=list(WORKLOADS),
+                        help="run these workloads again; the others keep their results from the last run")
     args = parser.parse_args()
-    command = "python benchmarks/run.py" + (f" --only {' '.join(args.only)}" if args.only != list(WORKLOADS) else "")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    kept = out / "results.json"
+    partial = args.only != list(WORKLOADS)
+    saved = json.loads(kept.read_text()) if partial and kept.exists() else {}
+    results: dict[str, dict[str, dict]] = saved.get("results", {})
+    runs: list[str] = saved.get("runs", [])
     started = time.time()
-    results: dict[str, dict[str, dict]] = {}
     for workload in args.only:
         libraries, repeats, limit = WORKLOADS[workload]
         results[workload] = {}
@@ -125,19 +215,22 @@ def main() -> None:
             results[workload][library] = run_one(library, workload, repeats, limit)
             r = results[workload][library]
             print(f"{workload:18} {library:20} {r.get('median', r.get('error'))}", flush=True)
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    command = "python benchmarks/run.py" + (f" --only {' '.join(args.only)}" if partial else "")
+    runs.append(f"`{command}`, run {time.strftime('%Y-%m-%d %H:%M')} in {time.time() - started:.0f} s")
+    kept.write_text(json.dumps({"runs": runs, "results": results}, indent=1))
     lines = [
         "# nbparallel against its peers", "",
-        f"Command: `{command}`, run {time.strftime('%Y-%m-%d')} in {time.time() - started:.0f} s "
-        f"on {platform.machine()}, Python {platform.python_version()}, 2 cores (shared, noisy: read ratios).",
+        "Commands that produced this file, in order (a later `--only` run replaces those workloads):", "",
+        *(f"- {run}" for run in runs), "",
+        f"On {platform.machine()}, Python {platform.python_version()}, 2 cores (shared, noisy: read ratios). "
         "Each library is used as a notebook user would (functions in `__main__`, lambdas where it can "
         "send them), in its own process, warm-up first. 'Ratio to best peer' compares with the fastest "
         "peer in the same table; peak memory is the whole process tree.", "",
+        *targets(results),
     ]
-    for workload, rows in results.items():
-        lines += table(workload, rows)
+    for workload in WORKLOADS:
+        if workload in results:
+            lines += table(workload, results[workload])
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'results.md'}")
 

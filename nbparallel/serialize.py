@@ -283,14 +283,15 @@ def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
             yield from _code_objects(const)
 
 
-def global_names(code: types.CodeType) -> set[str]:
+@functools.lru_cache(maxsize=1024)  # read on every call of a function: disassemble it once
+def global_names(code: types.CodeType) -> frozenset[str]:
     """Names the code reads as globals (not attribute names, which share co_names)."""
-    return {
+    return frozenset({
         ins.argval
         for c in _code_objects(code)
         for ins in dis.get_instructions(c)
         if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")
-    }
+    })
 
 
 def _direct_captures(obj: object) -> Iterator[tuple[str, object]]:

@@ -164,7 +164,9 @@ class ProcessPool:
         with self._lock:
             self._start()
             self._pending.append((call, chunk))
-            self._wake()
+            self._assign()  # from this thread: a free worker gets it without a hop to the dispatcher
+            if self._pending or call.timeout is not None:
+                self._wake()  # to assign it later, or to watch its items' time
 
     def cancel(self, call: tasks.Call, stop_running: bool) -> None:
         """Drop the call's queued chunks; workers skip or stop its tasks.
