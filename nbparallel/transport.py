@@ -15,11 +15,13 @@ import mmap
 import os
 import pickle
 import socket
+import sys
 import tempfile
 import weakref
 from typing import Any
 
 SHARE_ABOVE = 8 * 2**20
+_MAPS_WITHOUT_FD = sys.version_info >= (3, 13)  # mmap(trackfd=False)
 
 
 class SharedFrame:
@@ -59,15 +61,20 @@ def send_message(conn: Any, message: Any) -> None:
             conn.send_bytes(frame)
 
 
-def receive_message(conn: Any) -> Any:
-    """Receive a message sent by `send_message`, its frames into fresh writable buffers."""
+def receive_message(conn: Any, map_shared: bool = True) -> Any:
+    """Receive a message sent by `send_message`, its frames into fresh writable buffers.
+
+    With `map_shared`, shared files are mapped (copy-on-write) rather than read: no copy, but
+    before Python 3.13 every mapping holds a file descriptor while it lives, so a receiver that
+    keeps many of them (the pool, holding results) reads them instead.
+    """
     message = pickle.loads(conn.recv_bytes())
     sizes = getattr(message, "frames", None)
     if sizes:
         frames: list[Any] = []
         for size in sizes:
             if isinstance(size, tuple):
-                frames.append(_receive_shared(conn, size[0]))
+                frames.append(_receive_shared(conn, size[0], map_shared or _MAPS_WITHOUT_FD))
             else:
                 frame = bytearray(size)
                 conn.recv_bytes_into(frame)
@@ -83,12 +90,20 @@ def _anonymous_file() -> int:
         return os.dup(file.fileno())
 
 
-def _receive_shared(conn: Any, size: int) -> memoryview:
+def _receive_shared(conn: Any, size: int, map_it: bool) -> Any:
     with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         _, fds, _, _ = socket.recv_fds(sock, 1, 1)
     (fd,) = fds
     try:
-        # Copy-on-write: the receiver may change its arrays; the sender's data stays as it was.
-        return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
+        if map_it:
+            # Copy-on-write: the receiver may change its arrays; the sender's data stays as it was.
+            options = {"trackfd": False} if _MAPS_WITHOUT_FD else {}
+            return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY, **options))
+        frame = bytearray(size)
+        view = memoryview(frame)
+        read = 0
+        while read < size:
+            read += os.preadv(fd, [view[read:]], read)
+        return frame
     finally:
         os.close(fd)

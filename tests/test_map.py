@@ -160,18 +160,18 @@ def test_large_arrays_travel_out_of_band_and_come_back_writable():
     assert doubled[1][0] == -1.0
 
 
-def shared_frames(pid: int) -> int:
-    """How many nbparallel shared files process `pid` holds, open or mapped (Linux /proc)."""
+def shared_files(pid: int) -> tuple[set[int], set[int]]:
+    """The nbparallel shared files process `pid` holds open, and those it maps (Linux /proc)."""
     proc = Path(f"/proc/{pid}")
-    held = set()
+    opened = set()
     for fd in (proc / "fd").iterdir():
         try:
             if "nbparallel-frame" in os.readlink(fd):
-                held.add(fd.stat().st_ino)
+                opened.add(fd.stat().st_ino)
         except FileNotFoundError:  # closed meanwhile (the listing's own descriptor, say)
             continue
-    held |= {int(line.split()[4]) for line in (proc / "maps").read_text().splitlines() if "nbparallel-frame" in line}
-    return len(held)
+    mapped = {int(line.split()[4]) for line in (proc / "maps").read_text().splitlines() if "nbparallel-frame" in line}
+    return opened, mapped
 
 
 @pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="shared files are anonymous (memfd) on Linux only")
@@ -193,15 +193,17 @@ def test_big_arrays_go_through_shared_memory_copy_on_write_and_nothing_stays_beh
     copies = session.map(lambda n: numpy.full(2_000_000, n, dtype=numpy.int64), range(3))
     assert [int(c[-1]) for c in copies] == [0, 1, 2]
     copies[1][0] = 7  # the caller's results are writable
+    assert shared_files(os.getpid())[0] == set()  # kept results hold no file descriptor each
 
     for value in (1.0, 2.0, 3.0):
         grid = numpy.full(4_000_000, value)  # a captured global of 32 MB, new each time
         assert session.map(lambda i: grid[i], [0, 3_999_999]) == [value, value]
 
     del copies
-    assert shared_frames(os.getpid()) == 0
+    assert shared_files(os.getpid()) == (set(), set())
     for worker in session.status().workers:
-        assert shared_frames(worker.pid) <= 1  # the newest big function, kept for a repeat call
+        opened, mapped = shared_files(worker.pid)
+        assert len(opened | mapped) <= 1  # the newest big function, kept for a repeat call
 
 
 STEP = 1

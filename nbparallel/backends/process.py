@@ -410,7 +410,7 @@ class ProcessPool:
 
     def _receive(self, conn: Connection) -> None:
         try:
-            message = transport.receive_message(conn)
+            message = transport.receive_message(conn, map_shared=False)  # results may be kept long
         except (EOFError, OSError):
             self._on_exit(conn)
             return
