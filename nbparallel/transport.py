@@ -38,9 +38,17 @@ class SharedFrame:
 
 
 def share_large(frames: list[Any]) -> list[Any]:
-    """`frames`, with those above SHARE_ABOVE bytes moved into shared files."""
-    return [SharedFrame(f) if not isinstance(f, SharedFrame) and memoryview(f).nbytes > SHARE_ABOVE else f
+    """`frames`, with those above SHARE_ABOVE bytes moved into shared files (where they can be:
+    one that cannot, say with no room for it in shared memory, goes through the socket)."""
+    return [_shared(f) if not isinstance(f, SharedFrame) and memoryview(f).nbytes > SHARE_ABOVE else f
             for f in frames]
+
+
+def _shared(frame: Any) -> Any:
+    try:
+        return SharedFrame(frame)
+    except OSError:
+        return frame
 
 
 def send_message(conn: Any, message: Any) -> None:

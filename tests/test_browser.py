@@ -36,7 +36,7 @@ RECORD_WIDTHS = """() => {
     }, 20);
 }"""
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]  # with installing Chromium on a fresh machine
 
 
 @pytest.fixture(scope="module")

@@ -244,3 +244,16 @@ def test_a_module_of_the_users_own_is_imported_by_name_in_workers(session, tmp_p
 
     assert session.map(lambda x: nbp_helpers.scale(x), [1, 2]) == [3, 6]
     monkeypatch.delitem(sys.modules, "nbp_helpers")
+
+
+def test_a_big_array_goes_through_the_socket_when_shared_memory_is_refused(session, monkeypatch):
+    """No room in shared memory (say /dev/shm is full) slows a call down, never breaks it."""
+    numpy = pytest.importorskip("numpy")
+    from nbparallel import transport
+
+    def refused() -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(transport, "_anonymous_file", refused)
+    block = numpy.arange(2_000_000, dtype=numpy.float64)  # 16 MB: above the sharing threshold
+    assert session.map(lambda b: float(b[-1]), [block]) == [1_999_999.0]
