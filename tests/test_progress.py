@@ -110,7 +110,7 @@ def test_unknown_length_shows_a_count_without_a_total(nb):
     assert bar.bar["value"] == bar.bar["max"] and bar.bar["bar_style"] == "success"
 
 
-@pytest.mark.parametrize("backend", ["processes", "threads"])
+@pytest.mark.parametrize("backend", ["processes", "threads", "dask"])
 def test_progress_reported_inside_tasks_moves_the_bar_before_any_item_ends(nb, marker, backend):
     reply = nb.ok(
         f"handle = parallel.map_async(lambda x: halfway_then_wait(x, {str(marker)!r}), [1, 2], "
@@ -124,6 +124,7 @@ def test_progress_reported_inside_tasks_moves_the_bar_before_any_item_ends(nb, m
     nb.read_until(lambda: bar.bar["bar_style"] == "success")
     assert bar.bar["value"] == 2.0
     assert nb.value("handle.result()") == [10, 20]
+    nb.ok("parallel.shutdown()")  # the threads or the dask cluster this test started
 
 
 def test_200000_tiny_items_send_a_bounded_number_of_widget_updates(nb):

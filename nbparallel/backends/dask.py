@@ -14,6 +14,8 @@ import contextlib
 import io
 import logging
 import threading
+import time
+import uuid
 from typing import Any
 
 from .. import errors, serialize, tasks, worker
@@ -32,13 +34,48 @@ _setup = worker.SetupNamespace()
 _functions_lock = threading.Lock()
 
 
-def run_on_dask_worker(function: list[bytes], task: tasks.RunTask) -> tuple[object, str, str]:
-    """Run one task in a dask worker: its message, and what it printed (stdout, stderr)."""
+PROGRESS_SECONDS = 0.1
+
+
+class _ReportingSlot(list):
+    """A task's slot on a dask worker: how far the task is goes to the client as an event on
+    `topic` (the client cannot read a worker's memory), at most every PROGRESS_SECONDS; a change
+    within that time is sent when it is up, so the last word of a long item is never lost."""
+
+    def __init__(self, task_id: int, topic: str, key: str) -> None:
+        super().__init__(tasks.local_slot(task_id))
+        self._worker = distributed.get_worker()  # here, in the task's thread, where it is known
+        self._topic, self._key = topic, key
+        self._next = 0.0
+        self._timer: threading.Timer | None = None
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value)
+        if index not in (tasks.SLOT_ITEM, tasks.SLOT_PART_ITEM) or self._timer is not None:
+            return
+        wait = self._next - time.monotonic()
+        if wait <= 0:
+            self._send()
+        else:
+            self._timer = threading.Timer(wait, self._send)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _send(self) -> None:
+        self._timer = None
+        self._next = time.monotonic() + PROGRESS_SECONDS
+        self._worker.log_event(self._topic, [self._key, tasks.running_items(self, self[tasks.SLOT_TASK])])
+
+
+def run_on_dask_worker(function: list[bytes], task: tasks.RunTask, topic: str) -> tuple[object, str, str]:
+    """Run one task in a dask worker: its message, and what it printed (stdout, stderr).
+
+    How far it is goes to the client as events on `topic`."""
     with _functions_lock:
         if task.digest not in _functions:
             _functions.touch(task.digest, function)
     out, err = io.StringIO(), io.StringIO()
-    slot = tasks.local_slot(task.task_id)
+    slot = _ReportingSlot(task.task_id, topic, _key(task.call_id, task.task_id))
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         message = worker.run_task(task, _functions, _setup, slot)
     if isinstance(message, tasks.TaskDone) and message.frames is not None:
@@ -71,6 +108,11 @@ class DaskBackend:
         self._futures: dict[int, list[Any]] = {}  # call id -> its futures not yet done
         self._scattered: dict[bytes, Any] = {}  # function digest -> its data on the cluster
         self._setups = 0
+        self._topic = f"nbparallel-progress-{uuid.uuid4().hex}"
+        self._running: dict[str, float] = {}  # key of a running task -> items' worth done in it
+        # Its own lock: events arrive on the client's event loop, which `_lock`'s holders may
+        # be waiting on (scatter, submit).
+        self._running_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -99,11 +141,21 @@ class DaskBackend:
                     )
                     self._client = distributed.Client(self._cluster)
                     self._client.wait_for_workers(self._workers, timeout=_START_SECONDS)
+                self._client.subscribe_topic(self._topic, self._on_progress)
             return self._client
 
+    def _on_progress(self, event: tuple[float, list[Any]]) -> None:
+        key, done = event[1]
+        with self._running_lock:
+            if key in self._running:  # not a late event of a task that ended
+                self._running[key] = done
+
     def running_items(self, call: tasks.Call) -> float:
-        """Not seen from here: the bar moves as each chunk finishes (in-task progress is dropped)."""
-        return 0.0
+        """As the workers last said (see _ReportingSlot)."""
+        with self._lock:
+            keys = [future.key for future in self._futures.get(call.call_id, [])]
+        with self._running_lock:
+            return sum(self._running.get(key, 0.0) for key in keys)
 
     def submit(self, call: tasks.Call, chunk: tasks.Chunk) -> None:
         chunk.data = serialize.dump_chunk(chunk.items, chunk.position)
@@ -116,13 +168,17 @@ class DaskBackend:
             chunk.task_id, call.call_id, call.digest, call.mode, call.keep_going,
             _as_bytes(chunk.data),  # dask serializes the message itself
         )
-        future = client.submit(run_on_dask_worker, function, message, pure=False,
-                               key=f"nbparallel-{call.call_id}-{chunk.task_id}")
+        future = client.submit(run_on_dask_worker, function, message, self._topic, pure=False,
+                               key=_key(call.call_id, chunk.task_id))
         with self._lock:
             self._futures.setdefault(call.call_id, []).append(future)
+        with self._running_lock:
+            self._running[future.key] = 0.0
         future.add_done_callback(lambda done: self._finished(call, chunk, done))
 
     def _finished(self, call: tasks.Call, chunk: tasks.Chunk, future: Any) -> None:
+        with self._running_lock:
+            self._running.pop(future.key, None)
         with self._lock:
             pending = self._futures.get(call.call_id, [])
             if future in pending:
@@ -145,6 +201,9 @@ class DaskBackend:
         call.closed = True
         with self._lock:
             futures = self._futures.pop(call.call_id, [])
+        with self._running_lock:
+            for future in futures:
+                self._running.pop(future.key, None)
         if futures and self._client is not None:
             self._client.cancel(futures)
 
@@ -210,3 +269,8 @@ class DaskBackend:
 def _as_bytes(frames: list[Any]) -> list[bytes]:
     """Frames as bytes, which dask serializes itself (memoryviews it cannot)."""
     return [bytes(frame) for frame in frames]
+
+
+def _key(call_id: int, task_id: int) -> str:
+    """The dask key of a task."""
+    return f"nbparallel-{call_id}-{task_id}"
