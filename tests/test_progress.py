@@ -11,9 +11,7 @@ import time
 import pytest
 
 import nbparallel
-from nbparallel import parallel
 
-from .conftest import wait_until
 from .kernel import Kernel, Reply
 
 SLOW = '''
@@ -208,7 +206,7 @@ def test_worker_row_shows_each_worker_and_one_that_died(nb, marker):
     nb.read_until(lambda: bar.bar["bar_style"] == "success")
     assert nb.value("handle.result()") == [0, 10, 20, 30]
     row = bar.workers["value"]
-    assert f'data-state="exited"' in row and f"{pids[0]} exited" in row
+    assert 'data-state="exited"' in row and f"{pids[0]} exited" in row
     assert f"{pids[1]} idle" in row
     replacement = nb.value("[w.pid for w in parallel.status().workers]")
     assert any(f"{pid} idle" in row for pid in replacement if pid != pids[1])
