@@ -218,6 +218,25 @@ def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, 
         assert max(started(tmp_path).values()) < gone_at + 0.5
 
 
+@pytest.mark.parametrize("how", ["restart-now", "shutdown", "sigkill"])
+def test_the_local_dask_cluster_is_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how):
+    """Its scheduler and workers are not in the kernel's process group (so that Stop spares
+    them): they go because each holds a pipe only the kernel can keep open."""
+    kernel.ok(START_MARKERS.format(directory=str(tmp_path), fast=0))
+    kernel.ok("parallel.configure(backend='dask', workers=2, progress=False)\nparallel.map(abs, [1])")
+    cluster = {lifecycle.identify(p.pid) for p in psutil.Process(kernel.pid).children(recursive=True)} - {None}
+    assert len(cluster) == 3  # a scheduler and two workers
+    kernel.send("parallel.map(slow, range(4), chunksize=1)")
+    wait_until(lambda: len(started(tmp_path)) >= 2)  # both workers are busy
+    if how == "restart-now":
+        kernel.manager.restart_kernel(now=True)
+    elif how == "shutdown":
+        kernel.manager.shutdown_kernel(now=False)
+    else:
+        os.kill(kernel.pid, signal.SIGKILL)
+    wait_until(lambda: not alive(cluster), timeout=2.0)
+
+
 def test_interrupt_stops_the_call_at_once_and_the_next_map_runs(kernel, tmp_path):
     kernel.ok(START_MARKERS.format(directory=str(tmp_path), fast=4))
     kernel.ok("parallel.configure(progress=False)\nparallel.map(abs, range(4))")
@@ -239,10 +258,6 @@ def test_interrupt_stops_the_call_at_once_and_the_next_map_runs(kernel, tmp_path
     assert partial == {"0": 0, "1": 1, "2": 2, "3": 3}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation: the local dask cluster's processes are in the kernel's process group and "
-    "install their own SIGINT handlers, so the Stop button shuts them down with the cell; the next "
-    "dask call then finds no workers (parallel.shutdown() starts a new cluster)"))
 def test_interrupt_leaves_the_dask_cluster_nbparallel_started_running(kernel, tmp_path):
     """The Stop button stops the cell's dask call, not the local cluster: the next call runs on it."""
     kernel.ok(START_MARKERS.format(directory=str(tmp_path), fast=0))

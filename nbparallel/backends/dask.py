@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ from typing import Any
 
 from .. import errors, serialize, tasks, worker
 from . import WorkerStatus
+from .dask_cluster import LocalCluster
 
 try:
     import distributed
@@ -126,20 +126,11 @@ class DaskBackend:
                 elif self._address:
                     self._client = distributed.Client(self._address)
                 else:
-                    # Not LocalCluster: its workers are spawned with multiprocessing, which re-runs
-                    # a script's __main__ in each of them (the guard nbparallel promises to make
-                    # needless). These workers are `dask worker` processes of their own.
-                    from distributed.deploy.subprocess import SubprocessCluster
-
-                    self._cluster = SubprocessCluster(
-                        n_workers=self._workers, threads_per_worker=1,
-                        # A task whose worker dies fails at once, as on the process pool
-                        # (retries= is nbparallel's, not dask's rescheduling).
-                        scheduler_kwargs={"allowed_failures": 0},
-                        dashboard_address=None,  # type: ignore[arg-type]  # None turns it off
-                        silence_logs=logging.ERROR,
-                    )
-                    self._client = distributed.Client(self._cluster)
+                    # Not dask's LocalCluster: it spawns workers with multiprocessing, which re-runs
+                    # a script's __main__ in each; nor its SubprocessCluster, whose processes the
+                    # kernel's interrupt reaches and which nothing stops if the kernel dies.
+                    self._cluster = LocalCluster(self._workers)
+                    self._client = distributed.Client(self._cluster.address)
                     self._client.wait_for_workers(self._workers, timeout=_START_SECONDS)
                 self._client.subscribe_topic(self._topic, self._on_progress)
             return self._client
