@@ -51,7 +51,7 @@ class Options:
     """Where tasks run: "processes" (this machine's cores), "threads" (I/O-bound work), "dask"."""
     address: Any = None
     """For the dask backend: a scheduler address ("tcp://host:8786") or a distributed.Client;
-    None starts a LocalCluster once and reuses it."""
+    None starts a local cluster once and reuses it (it follows the kernel like the pool)."""
 
     def __post_init__(self) -> None:
         for name in ("workers", "chunksize", "max_tasks_per_worker", "max_worker_memory"):

@@ -191,6 +191,18 @@ def started(directory) -> dict[int, float]:
     return found
 
 
+def end_kernel(kernel, how: str) -> None:
+    """End the kernel as Jupyter does (restart, shutdown) or as a crash does (SIGKILL)."""
+    if how == "restart-now":
+        kernel.manager.restart_kernel(now=True)
+    elif how == "restart-graceful":
+        kernel.manager.restart_kernel(now=False)
+    elif how == "shutdown":
+        kernel.manager.shutdown_kernel(now=False)
+    else:
+        os.kill(kernel.pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("how", ["restart-now", "restart-graceful", "shutdown", "sigkill"])
 @pytest.mark.parametrize("busy", ["idle", "busy", "printing"])
 def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, busy):
@@ -204,14 +216,7 @@ def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, 
         kernel.send(f"parallel.map(lambda n: slow(n, {chatty}), range(50), chunksize=1, progress=False)")
         wait_until(lambda: len(started(tmp_path)) >= 2)
     gone_at = time.time()
-    if how == "restart-now":
-        kernel.manager.restart_kernel(now=True)
-    elif how == "restart-graceful":
-        kernel.manager.restart_kernel(now=False)
-    elif how == "shutdown":
-        kernel.manager.shutdown_kernel(now=False)
-    else:
-        os.kill(kernel.pid, signal.SIGKILL)
+    end_kernel(kernel, how)
     wait_until(lambda: not alive(workers), timeout=2.0)
     if busy != "idle":
         # No queued task of the dead kernel's map started after the kernel went.
@@ -228,12 +233,7 @@ def test_the_local_dask_cluster_is_gone_within_2s_when_the_kernel_goes(kernel, t
     assert len(cluster) == 3  # a scheduler and two workers
     kernel.send("parallel.map(slow, range(4), chunksize=1)")
     wait_until(lambda: len(started(tmp_path)) >= 2)  # both workers are busy
-    if how == "restart-now":
-        kernel.manager.restart_kernel(now=True)
-    elif how == "shutdown":
-        kernel.manager.shutdown_kernel(now=False)
-    else:
-        os.kill(kernel.pid, signal.SIGKILL)
+    end_kernel(kernel, how)
     wait_until(lambda: not alive(cluster), timeout=2.0)
 
 

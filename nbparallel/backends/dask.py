@@ -1,6 +1,6 @@
 """The dask backend: the same calls on a dask.distributed cluster.
 
-`parallel.configure(backend="dask")` starts a LocalCluster once per session and reuses it;
+`parallel.configure(backend="dask")` starts a local cluster once per session (`dask_cluster`) and reuses it;
 `address="tcp://scheduler:8786"` or `address=<distributed.Client>` uses an existing cluster
 (nbparallel must be installed on its workers). Functions and items are serialized exactly as for
 the process pool, and a worker runs a task with the very code a pool worker uses

@@ -18,11 +18,7 @@ import subprocess
 import sys
 import threading
 
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_BOOT = (
-    f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-    "from nbparallel.backends.dask_cluster import main; main()"
-)
+_BOOT = "from nbparallel.backends.dask_cluster import main; main()"
 
 
 @dataclasses.dataclass
@@ -38,6 +34,8 @@ def _start(role: str, *args: str) -> _Host:
             [sys.executable, "-c", _BOOT, role, str(reader), *args],
             pass_fds=[reader], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
             start_new_session=True,
+            # The kernel's import path: this package, and the user's modules that tasks import.
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)},
         )
     finally:
         os.close(reader)
