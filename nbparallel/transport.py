@@ -91,6 +91,15 @@ def receive_message(conn: Any, map_shared: bool = True) -> Any:
     return message
 
 
+def release_pages(frames: list[Any]) -> None:
+    """Give back the memory of pages read from mapped shared frames; they are read again from
+    the shared file if used. Changes made to them are dropped: they were the receiver's copy."""
+    for frame in frames:
+        mapping = getattr(frame, "obj", None)
+        if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+
 def _anonymous_file() -> int:
     if hasattr(os, "memfd_create"):
         return os.memfd_create("nbparallel-frame", os.MFD_CLOEXEC)

@@ -249,6 +249,7 @@ def main() -> None:
     sys.stdout, sys.stderr = stdout, stderr
     functions = FunctionCache()
     setup = SetupNamespace()
+    function_pages: list[Any] = []  # the shared arrays of the newest function that has any
     while True:
         task: tasks.RunTask | tasks.StopWorker = inbox.get()
         if isinstance(task, tasks.StopWorker):
@@ -257,6 +258,8 @@ def main() -> None:
             os._exit(0)
         if task.function_frames:
             functions.touch(task.digest, task.frames[:task.function_frames])
+            if serialize.holds_large_data(task.digest):
+                function_pages = task.frames[1:task.function_frames]
             task.frames = task.frames[task.function_frames:]
         else:
             functions.touch(task.digest)
@@ -272,3 +275,8 @@ def main() -> None:
         stdout.flush()
         stderr.flush()
         sender.send(reply)
+        # What this task read of shared data leaves this process's memory now (its items are
+        # unmapped, the captured arrays' pages given back); the next task maps again what it
+        # reads. So a worker's memory is what one task touches, not all a call ever touched.
+        del task, reply
+        transport.release_pages(function_pages)

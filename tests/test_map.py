@@ -206,6 +206,22 @@ def test_big_arrays_go_through_shared_memory_copy_on_write_and_nothing_stays_beh
         assert len(opened | mapped) <= 1  # the newest big function, kept for a repeat call
 
 
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="shared files are anonymous (memfd) on Linux only")
+def test_a_worker_gives_back_the_pages_of_a_captured_array_after_each_task(session):
+    """Reading all of a 64 MB captured array over a call leaves no worker holding it: a worker's
+    memory is what one task touches."""
+    numpy = pytest.importorskip("numpy")
+    session.configure(workers=2)
+    session.map(abs, [1, 2], chunksize=1)
+    before = {w.pid: w.memory_rss for w in session.status().workers}
+    grid = numpy.ones(8_000_000)  # 64 MB; each task reads an eighth
+
+    sums = session.map(lambda i: grid[i * 1_000_000:(i + 1) * 1_000_000].sum(), range(8), chunksize=1)
+    assert sums == [1_000_000.0] * 8
+    grown = {w.pid: w.memory_rss - before[w.pid] for w in session.status().workers}
+    assert all(growth < 12 * 2**20 for growth in grown.values()), grown  # without: 32 MB each
+
+
 STEP = 1
 TABLE = [1, 2, 3]
 
