@@ -212,14 +212,15 @@ def test_a_worker_gives_back_the_pages_of_a_captured_array_after_each_task(sessi
     memory is what one task touches."""
     numpy = pytest.importorskip("numpy")
     session.configure(workers=2)
-    session.map(abs, [1, 2], chunksize=1)
+    small = numpy.ones(10)
+    session.map(lambda i: small[i:].sum(), [1, 2], chunksize=1)  # NumPy imported in both workers
     before = {w.pid: w.memory_rss for w in session.status().workers}
     grid = numpy.ones(8_000_000)  # 64 MB; each task reads an eighth
 
     sums = session.map(lambda i: grid[i * 1_000_000:(i + 1) * 1_000_000].sum(), range(8), chunksize=1)
     assert sums == [1_000_000.0] * 8
     grown = {w.pid: w.memory_rss - before[w.pid] for w in session.status().workers}
-    assert all(growth < 12 * 2**20 for growth in grown.values()), grown  # without: 32 MB each
+    assert all(growth < 16 * 2**20 for growth in grown.values()), grown  # without it: 32 MB or more
 
 
 STEP = 1
