@@ -169,8 +169,9 @@ def report_progress(done: float, total: float) -> None:
     """Inside a task: the item being run is `done` out of `total` of the way (any unit).
 
     The call's progress bar moves by that fraction of an item instead of waiting for the item to
-    end. Cheap enough to call in a tight loop (it writes two integers to shared memory); does
-    nothing outside a task (in the notebook itself, or on the dask backend).
+    end. Cheap enough to call in a tight loop (it writes two integers to shared memory; on the
+    dask backend, the worker sends the latest at most 10 times a second); does nothing outside
+    a task (in the notebook itself).
 
     Raises:
         TypeError, ValueError: `done` or `total` is not a number, or `total` is not above 0.
@@ -188,7 +189,8 @@ def report_progress(done: float, total: float) -> None:
 
 
 def local_slot(task_id: int) -> list[int]:
-    """A slot for a task run in this process (threads, dask): a plain list, read by nobody else."""
+    """A slot for a task run without a shared memory map: a plain list (threads: the pool reads it
+    in the same process; dask: the worker reports what it holds)."""
     return [task_id, NOT_STARTED, 0, 0, NOT_STARTED]
 
 

@@ -198,6 +198,7 @@ class ProcessPool:
 
         Returns how many workers got it: that many events arrive through `call.deliver`.
         """
+        _share_function(call)
         with self._lock:
             self._start()
             self._setups.append((call, items))
@@ -376,7 +377,6 @@ class ProcessPool:
         """Send a task of `call` to this very worker, ahead of anything assigned later."""
         chunk = tasks.Chunk(tasks.next_id(), 0, 1, items)
         chunk.data = serialize.dump_chunk(items, 0)
-        _share_function(call)
         self._send_task(worker, call, chunk)
 
     def _send_task(self, worker: _Worker, call: tasks.Call, chunk: tasks.Chunk) -> None:
