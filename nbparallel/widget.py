@@ -38,7 +38,6 @@ class WidgetView:
     """Shows itself on creation; `show` updates it, `end` gives it its final colour."""
 
     def __init__(self, start: Snapshot, workers: Callable[[], Sequence[Any]] | None) -> None:
-        self._workers = workers
         self._seen: dict[int, Any] = {}  # pid -> last status seen
         self._next_workers = 0.0
         self.bar = widgets.FloatProgress(
@@ -47,10 +46,11 @@ class WidgetView:
         )
         self.numbers = widgets.HTML(html.escape(start.text()), layout=widgets.Layout(margin="0 0 0 8px"))
         children: list[Any] = [self.bar, self.numbers]
-        self.worker_row: Any = None
+        # The row of workers, and where it learns about them; None without a row.
+        self._worker_row: tuple[widgets.HTML, Callable[[], Sequence[Any]]] | None = None
         if workers is not None:
-            self.worker_row = widgets.HTML("", layout=widgets.Layout(width="100%"))
-            children.append(self.worker_row)
+            self._worker_row = (widgets.HTML("", layout=widgets.Layout(width="100%")), workers)
+            children.append(self._worker_row[0])
         self.box = ProgressBox(children, text=f"{start.name}: {start.text()}")
         display(self.box)
 
@@ -60,10 +60,10 @@ class WidgetView:
         elif state != "running":
             self.bar.value = self.bar.max  # unknown length: the bar fills when the count is final
         self.numbers.value = html.escape(snapshot.text(state))
-        if self.worker_row is not None and (state != "running" or time.monotonic() >= self._next_workers):
+        if self._worker_row is not None and (state != "running" or time.monotonic() >= self._next_workers):
             self._next_workers = time.monotonic() + WORKERS_REDRAW_SECONDS
-            assert self._workers is not None
-            self.worker_row.value = self._worker_chips(self._workers())
+            row, workers = self._worker_row
+            row.value = self._worker_chips(workers())
 
     def end(self, snapshot: Snapshot, state: str) -> None:
         self.show(snapshot, state)

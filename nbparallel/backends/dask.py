@@ -95,7 +95,7 @@ class EveryWorkerCell(distributed.WorkerPlugin):
 
 
 class DaskBackend:
-    """Calls as dask futures; progress and results come from their completion."""
+    """Calls as dask futures: results come from their completion, progress also from worker events."""
 
     copies_data = True
 
