@@ -120,6 +120,15 @@ class Failure:
 
 
 @dataclasses.dataclass(slots=True)
+class ItemsUnreadable:
+    """The worker could not copy the task's lent items out of the pool's memory (see transport);
+    it ran nothing, and the pool sends the task again with its items shared instead."""
+
+    task_id: int
+    reason: str
+
+
+@dataclasses.dataclass(slots=True)
 class TaskFailed:
     """A task stopped at `offset` within its chunk; `results` holds the items before it."""
 

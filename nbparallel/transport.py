@@ -2,10 +2,17 @@
 
 A message is pickled; its `frames` (the raw buffers of large arrays and bytes, pickled out of
 band) follow it, each as a message of its own, received straight into a buffer. A frame above
-`SHARE_ABOVE` bytes does not go through the socket at all: `share_large` writes it once into an
-anonymous shared file (a `SharedFrame`) whose descriptor is passed along (SCM_RIGHTS), however many
-workers it goes to, and the receiver maps it copy-on-write. Nothing can leak: the file has no
-name, and its memory is freed when the last descriptor and mapping are gone.
+`SHARE_ABOVE` bytes does not go through the socket at all, in one of two ways:
+
+- `lend_large` (items, which one worker reads): the frame stays where it is (a `LentFrame`)
+  and the receiver copies it straight out of the sender's memory (crossmemory), or says it
+  could not (an `Unreadable` frame) so that the sender shares it instead;
+- `share_large` (functions, which every worker keeps, and results): the frame is written once
+  into an anonymous shared file (a `SharedFrame`) whose descriptor is passed along
+  (SCM_RIGHTS), however many workers it goes to, and the receiver maps it copy-on-write.
+
+Nothing can leak: the file has no name, and its memory is freed when the last descriptor and
+mapping are gone; a lent frame is the sender's own memory, held while the sender needs it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import sys
 import tempfile
 import weakref
 from typing import Any
+
+from . import crossmemory
 
 SHARE_ABOVE = 8 * 2**20
 _MAPS_WITHOUT_FD = sys.version_info >= (3, 13)  # mmap(trackfd=False)
@@ -37,11 +46,41 @@ class SharedFrame:
             written += os.write(self.fd, view[written:])
 
 
+class LentFrame(crossmemory.Pinned):
+    """A frame the receiver copies out of this process's memory; held in place while this lives."""
+
+
+class Unreadable:
+    """Stands for a lent frame the receiver could not copy (the kernel refused), and says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def lend_large(frames: list[Any]) -> list[Any]:
+    """`frames`, with the writable ones above SHARE_ABOVE bytes lent (the rest shared if large)."""
+    return share_large([LentFrame(f) if _large(f) and not memoryview(f).readonly else f for f in frames])
+
+
+def lends(frames: list[Any]) -> bool:
+    return any(isinstance(f, LentFrame) for f in frames)
+
+
+def share_instead(frames: list[Any]) -> list[Any]:
+    """`frames`, with lent ones put in shared files instead: for a receiver that cannot read them."""
+    if not lends(frames):
+        return frames
+    return share_large([f.frame if isinstance(f, LentFrame) else f for f in frames])
+
+
+def _large(frame: Any) -> bool:
+    return not isinstance(frame, (SharedFrame, LentFrame)) and memoryview(frame).nbytes > SHARE_ABOVE
+
+
 def share_large(frames: list[Any]) -> list[Any]:
     """`frames`, with those above SHARE_ABOVE bytes moved into shared files (where they can be:
     one that cannot, say with no room for it in shared memory, goes through the socket)."""
-    return [_shared(f) if not isinstance(f, SharedFrame) and memoryview(f).nbytes > SHARE_ABOVE else f
-            for f in frames]
+    return [_shared(f) if _large(f) else f for f in frames]
 
 
 def _shared(frame: Any) -> Any:
@@ -58,15 +97,24 @@ def send_message(conn: Any, message: Any) -> None:
         conn.send_bytes(pickle.dumps(message, protocol=5))
         return
     header = copy.copy(message)
-    # A size for a frame sent through the socket; (size,) for a shared file.
-    header.frames = [(f.size,) if isinstance(f, SharedFrame) else memoryview(f).nbytes for f in frames]
+    header.frames = [_marker(f) for f in frames]
     conn.send_bytes(pickle.dumps(header, protocol=5))
     for frame in frames:
         if isinstance(frame, SharedFrame):
             with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 socket.send_fds(sock, [b"F"], [frame.fd])
-        else:
+        elif not isinstance(frame, LentFrame):  # the receiver copies that one from here
             conn.send_bytes(frame)
+
+
+def _marker(frame: Any) -> Any:
+    """What the header says of a frame: a size for one that follows through the socket, (size,)
+    for a shared file whose descriptor follows, (size, pid, address) for a lent one."""
+    if isinstance(frame, SharedFrame):
+        return (frame.size,)
+    if isinstance(frame, LentFrame):
+        return (frame.size, os.getpid(), frame.address)
+    return memoryview(frame).nbytes
 
 
 def receive_message(conn: Any, map_shared: bool = True) -> Any:
@@ -81,7 +129,9 @@ def receive_message(conn: Any, map_shared: bool = True) -> Any:
     if sizes:
         frames: list[Any] = []
         for size in sizes:
-            if isinstance(size, tuple):
+            if isinstance(size, tuple) and len(size) == 3:
+                frames.append(_copy_lent(*size))
+            elif isinstance(size, tuple):
                 frames.append(_receive_shared(conn, size[0], map_shared or _MAPS_WITHOUT_FD))
             else:
                 frame = bytearray(size)
@@ -105,6 +155,13 @@ def _anonymous_file() -> int:
         return os.memfd_create("nbparallel-frame", os.MFD_CLOEXEC)
     with tempfile.TemporaryFile() as file:  # unlinked at once where it cannot be anonymous
         return os.dup(file.fileno())
+
+
+def _copy_lent(size: int, pid: int, address: int) -> Any:
+    try:
+        return crossmemory.read(pid, address, size)
+    except OSError as error:
+        return Unreadable(str(error))
 
 
 def _receive_shared(conn: Any, size: int, map_it: bool) -> Any:

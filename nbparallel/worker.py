@@ -115,6 +115,7 @@ def _read_forever(conn: Connection, inbox: queue.SimpleQueue[Any], cancelled: co
                 slot[tasks.SLOT_CANCELLED] = message.call_id  # a running chunk stops at its next item
             else:
                 inbox.put(message)
+            del message  # a task's items are freed when it ends, not when the next message comes
     except (EOFError, OSError):
         pass
     # The pool is gone: nobody wants our results. Exit now, even in the middle of a task.
@@ -266,17 +267,22 @@ def main() -> None:
         sender.task_id = task.task_id
         slot[tasks.SLOT_ITEM] = tasks.NOT_STARTED
         slot[tasks.SLOT_TASK] = task.task_id
+        unreadable = next((f for f in task.frames if isinstance(f, transport.Unreadable)), None)
         if task.call_id in cancelled:
             reply: object = tasks.TaskDone(task.task_id, [], 0.0)
+        elif unreadable is not None:
+            reply = tasks.ItemsUnreadable(task.task_id, unreadable.reason)
         else:
             reply = run_task(task, functions, setup, slot)
             if isinstance(reply, tasks.TaskDone) and reply.frames:
                 reply.frames = transport.share_large(reply.frames)
         stdout.flush()
         stderr.flush()
-        sender.send(reply)
-        # What this task read of shared data leaves this process's memory now (its items are
-        # unmapped, the captured arrays' pages given back); the next task maps again what it
-        # reads. So a worker's memory is what one task touches, not all a call ever touched.
-        del task, reply
+        # What this task read of large data leaves this process's memory now (its items are
+        # freed, the captured arrays' pages given back), before the pool hears that the task
+        # is done and sends the next one; the next task maps again what it reads. So a worker's
+        # memory is what one task touches, not all a call ever touched.
+        del task, unreadable
         transport.release_pages(function_pages)
+        sender.send(reply)
+        del reply

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nbparallel import parallel
+from nbparallel import crossmemory, parallel
 
 from .conftest import wait_until
 
@@ -263,6 +264,75 @@ def test_a_module_of_the_users_own_is_imported_by_name_in_workers(session, tmp_p
     monkeypatch.delitem(sys.modules, "nbp_helpers")
 
 
+def counting_shared_files(monkeypatch) -> list[int]:
+    """Count the shared files this process creates from now on (one entry each)."""
+    from nbparallel import transport
+
+    created: list[int] = []
+    original = transport._anonymous_file
+
+    def counted() -> int:
+        created.append(1)
+        return original()
+
+    monkeypatch.setattr(transport, "_anonymous_file", counted)
+    return created
+
+
+@pytest.mark.skipif(not crossmemory.children_can_read(), reason="workers cannot read this process's memory here")
+def test_big_items_are_copied_by_their_worker_straight_from_the_notebooks_memory(session, monkeypatch):
+    """Large items are neither copied here nor put in shared memory: the worker that runs them
+    copies them out of this process, and frees them when its task ends."""
+    numpy = pytest.importorskip("numpy")
+    session.configure(workers=2)
+    session.map(lambda n: numpy.ones(n).sum(), [1, 2], chunksize=1)  # NumPy imported in both workers
+    before = {w.pid: w.memory_rss for w in session.status().workers}
+    created = counting_shared_files(monkeypatch)
+    blocks = [numpy.full(3_000_000, float(n)) for n in range(6)]  # 24 MB each
+
+    assert session.map(lambda b: b.sum(), blocks, chunksize=1) == [n * 3_000_000.0 for n in range(6)]
+    assert created == []
+    grown = {w.pid: w.memory_rss - before[w.pid] for w in session.status().workers}
+    assert all(growth < 12 * 2**20 for growth in grown.values()), grown  # an item kept: 24 MB
+
+
+@pytest.mark.skipif(not crossmemory.children_can_read(), reason="workers cannot read this process's memory here")
+def test_a_worker_refused_reading_the_notebooks_memory_gets_big_items_through_shared_memory(session, monkeypatch):
+    """Where the kernel forbids a worker to read the notebook's memory (an AppArmor rule, say),
+    the pool shares the items instead, for this call and the next: slower, never broken."""
+    numpy = pytest.importorskip("numpy")
+    session.run_on_every_worker(
+        "import errno\n"
+        "from nbparallel import crossmemory\n"
+        "def refuse(pid, address, size):\n"
+        "    raise PermissionError(errno.EPERM, 'Operation not permitted')\n"
+        "crossmemory.read = refuse\n"
+    )
+    created = counting_shared_files(monkeypatch)
+    blocks = [numpy.full(2_000_000, float(n)) for n in range(4)]  # 16 MB each
+
+    assert session.map(lambda b: b.sum(), blocks, chunksize=1) == [n * 2_000_000.0 for n in range(4)]
+    assert len(created) == 4
+    assert session.map(lambda b: b[-1], blocks, chunksize=1) == [0.0, 1.0, 2.0, 3.0]
+    assert len(created) == 8
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+def test_reading_the_memory_of_a_process_that_is_gone_says_which_process():
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with pytest.raises(OSError, match=f"cannot read the memory of process {gone.pid}: No such process"):
+        crossmemory.read(gone.pid, 4096, 16)
+
+
+def test_a_read_only_big_buffer_is_never_lent():
+    """Lending pins the buffer through a writable export; a read-only one is shared instead."""
+    from nbparallel import transport
+
+    (frame,) = transport.lend_large([memoryview(bytes(transport.SHARE_ABOVE + 1))])
+    assert not isinstance(frame, transport.LentFrame)
+
+
 def test_a_big_array_goes_through_the_socket_when_shared_memory_is_refused(session, monkeypatch):
     """No room in shared memory (say /dev/shm is full) slows a call down, never breaks it."""
     numpy = pytest.importorskip("numpy")
@@ -271,6 +341,7 @@ def test_a_big_array_goes_through_the_socket_when_shared_memory_is_refused(sessi
     def refused() -> int:
         raise OSError(28, "No space left on device")
 
+    monkeypatch.setattr(crossmemory, "children_can_read", lambda: False)  # items shared, not lent
     monkeypatch.setattr(transport, "_anonymous_file", refused)
     block = numpy.arange(2_000_000, dtype=numpy.float64)  # 16 MB: above the sharing threshold
     assert session.map(lambda b: float(b[-1]), [block]) == [1_999_999.0]

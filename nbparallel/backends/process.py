@@ -38,7 +38,7 @@ from typing import Any
 import psutil
 from multiprocess.connection import Connection, Pipe, wait
 
-from .. import errors, lifecycle, serialize, tasks, transport
+from .. import crossmemory, errors, lifecycle, serialize, tasks, transport
 from . import WorkerStatus
 from ..worker import FunctionCache
 
@@ -146,6 +146,9 @@ class ProcessPool:
         self._dispatcher: threading.Thread | None = None
         self._closed = False
         self._setups: list[tuple[tasks.Call, list[Any]]] = []  # replayed on every new worker
+        # Large items stay in this process, and each worker copies those it runs (in parallel,
+        # no copy here); off where workers cannot read this process's memory, or said so.
+        self._lending = crossmemory.children_can_read()
 
     # --- called from the caller's thread ------------------------------------------------
 
@@ -159,7 +162,8 @@ class ProcessPool:
         Raises:
             UnsendableError: an item cannot be serialized (before anything is queued or started).
         """
-        chunk.data = transport.share_large(serialize.dump_chunk(chunk.items, chunk.position))
+        frames = serialize.dump_chunk(chunk.items, chunk.position)
+        chunk.data = transport.lend_large(frames) if self._lending else transport.share_large(frames)
         _share_function(call)
         with self._lock:
             self._start()
@@ -380,6 +384,8 @@ class ProcessPool:
         self._send_task(worker, call, chunk)
 
     def _send_task(self, worker: _Worker, call: tasks.Call, chunk: tasks.Chunk) -> None:
+        if not self._lending:
+            chunk.data = transport.share_instead(chunk.data)
         worker.inflight.append((call, chunk))
         function = (call.shared_function or []) if call.digest not in worker.functions else []
         worker.functions.touch(call.digest)
@@ -419,12 +425,22 @@ class ProcessPool:
             if worker is None or not worker.inflight:
                 return
             call, chunk = worker.inflight[0]
+            if isinstance(message, tasks.ItemsUnreadable):
+                self._lending = False
+                worker.inflight.popleft()
+                if not call.closed:
+                    self._pending.appendleft((call, chunk))
+                    self._assign()
+                return
             if isinstance(message, tasks.Output):
                 deliver = None
             else:
                 worker.inflight.popleft()
                 worker.tasks_done += 1
-                short = getattr(message, "seconds", _PREFETCH_BELOW_SECONDS) < _PREFETCH_BELOW_SECONDS
+                # Never behind a task with lent items: the worker would copy the next items
+                # while it runs, and hold two tasks' data.
+                short = (getattr(message, "seconds", _PREFETCH_BELOW_SECONDS) < _PREFETCH_BELOW_SECONDS
+                         and not transport.lends(chunk.data))
                 worker.fast_call_id = call.call_id if short else 0
                 if not worker.retiring and self._worn_out(worker):
                     worker.retiring = True
