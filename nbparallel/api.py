@@ -164,11 +164,11 @@ class Parallel:
 
     def imap(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> Iterator[Any]:
         """Results one by one in input order, as soon as each is ready; reads the input lazily."""
-        return self._stream(func, items, options, "map", True)
+        return calls.one_by_one(self._stream(func, items, options, "map", True))
 
     def imap_unordered(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> Iterator[Any]:
         """Results one by one in the order they finish."""
-        return self._stream(func, items, options, "map", False)
+        return calls.one_by_one(self._stream(func, items, options, "map", False))
 
     def map_async(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> MapHandle:
         """Like `map`, but returns at once: the call runs while other cells run.
@@ -196,7 +196,7 @@ class Parallel:
 
     def _stream(self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str,
                 ordered: bool, collected: list[Any] | None = None,
-                background: queue.SimpleQueue[Any] | None = None) -> Iterator[Any]:
+                background: queue.SimpleQueue[Any] | None = None) -> Iterator[list[Any]]:
         options = self._options.merged(**overrides)
 
         def keep_partial(unyielded: dict[int, Any]) -> None:
@@ -207,10 +207,8 @@ class Parallel:
 
     def _collect(self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str) -> list[Any]:
         __tracebackhide__ = True
-        results: list[Any] = []
-        # extend() keeps what was yielded before a failure: keep_partial reads it from `results`.
-        results.extend(self._stream(func, items, overrides, mode, True, collected=results))
-        return results
+        results: list[Any] = []  # keep_partial reads what arrived before a failure from here
+        return calls.collect(self._stream(func, items, overrides, mode, True, collected=results), results)
 
     def _decorator(self, func: Any, options: dict[str, Any]) -> Any:
         self._options.merged(**options)  # bad options fail at decoration time

@@ -22,9 +22,9 @@ class MapHandle:
     The results are the same list `parallel.map` returns; an error is the same exception.
     """
 
-    def __init__(self, name: str, start: Callable[[queue.SimpleQueue[Any]], Iterator[Any]],
+    def __init__(self, name: str, start: Callable[[queue.SimpleQueue[Any]], Iterator[list[Any]]],
                  collected: list[Any]) -> None:
-        """`start(events)` checks the call and returns its lazy results (see `calls.stream`),
+        """`start(events)` checks the call and returns its lazy results, a list per chunk (see `calls.stream`),
         which are collected into `collected`."""
         self.name = name
         self._collected = collected
@@ -39,9 +39,9 @@ class MapHandle:
         )
         self._thread.start()
 
-    def _collect(self, results: Iterator[Any]) -> None:
+    def _collect(self, results: Iterator[list[Any]]) -> None:
         try:
-            self._collected.extend(results)  # what arrived stays there if the call stops
+            calls.collect(results, self._collected)  # what arrived stays there if the call stops
         except calls.CallStopped:
             self._future.set_exception(CancelledError(f"map_async of {self.name} was cancelled"))
         except BaseException as error:

@@ -6,6 +6,7 @@ or into the user's own exception, and cancel what is left when the caller stops 
 from __future__ import annotations
 
 import collections
+import contextlib
 import linecache
 import os
 import queue
@@ -40,7 +41,8 @@ def stream(
     keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
     background: queue.SimpleQueue[Any] | None = None,
 ) -> Iterator[Any]:
-    """Results of `func` over `items`. Checks everything before returning; runs lazily after.
+    """Results of `func` over `items`, a list per chunk (see `collect` and `one_by_one`).
+    Checks everything before returning; runs lazily after.
 
     If the call fails or is interrupted, results that finished but were not yet yielded are
     handed to `keep_partial`, by input position, so that nothing computed is lost.
@@ -60,13 +62,31 @@ def stream(
         iterator = _checked_tuples(iterator)
     if in_worker():
         call_item = tasks.item_caller(func, mode)
-        return (call_item(item) for item in iterator)
+        return ([call_item(item)] for item in iterator)
     chosen = get_backend()
     events: queue.SimpleQueue[Any] = queue.SimpleQueue() if background is None else background
     call = _call_factory(chosen, func, mode, options)(events.put, options.worker_count)
     total = tasks.length_hint(items)
     progress = _progress(chosen, call, total, options) if background is not None else None
-    return _run(chosen, call, iterator, total, options, ordered, keep_partial, events, progress)
+    pieces = items if type(items) in tasks.SLICED and mode != "star" else iterator
+    return _run(chosen, call, pieces, total, options, ordered, keep_partial, events, progress)
+
+
+def collect(batches: Iterator[list[Any]], into: list[Any]) -> list[Any]:
+    """`stream`'s results gathered into `into`, a chunk at a time (not an item: a million tiny
+    items would spend longer here than in the workers); what arrived stays if the call fails."""
+    __tracebackhide__ = True  # see Parallel.map
+    for batch in batches:
+        into.extend(batch)
+    return into
+
+
+def one_by_one(batches: Iterator[list[Any]]) -> Iterator[Any]:
+    """`stream`'s results one at a time (imap); closing this stops the call."""
+    __tracebackhide__ = True
+    with contextlib.closing(batches):  # type: ignore[type-var]
+        for batch in batches:
+            yield from batch
 
 
 def _progress(backend: Backend, call: tasks.Call, total: int | None, options: Options) -> Progress:
@@ -114,10 +134,10 @@ class CallStopped(Exception):
 
 
 def _run(
-    backend: Backend, call: tasks.Call, items: Iterator[Any], total: int | None, options: Options,
+    backend: Backend, call: tasks.Call, items: Iterable[Any], total: int | None, options: Options,
     ordered: bool, keep_partial: Callable[[dict[int, Any]], None], events: queue.SimpleQueue[Any],
     progress: Progress | None,
-) -> Iterator[Any]:
+) -> Iterator[list[Any]]:
     __tracebackhide__ = True  # see Parallel.map
     workers = options.worker_count
     sizer = tasks.ChunkSizer(total, workers, options.chunksize)
@@ -162,12 +182,12 @@ def _run(
             progress.advance(chunk.size, chunk.failed)
             if not ordered:
                 del submitted[chunk.task_id]
-                yield from results
+                yield results
                 continue
             finished[chunk.task_id] = results
             while submitted and next(iter(submitted)) in finished:
                 task_id, _ = submitted.popitem(last=False)
-                yield from finished.pop(task_id)
+                yield finished.pop(task_id)
         ending = "done"
     except (KeyboardInterrupt, CallStopped):
         ending = "stopped"

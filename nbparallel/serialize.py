@@ -25,7 +25,7 @@ import pickle
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dill
@@ -112,7 +112,7 @@ def loads_frames(frames: list[Any]) -> Any:
     return pickle.loads(frames[0], buffers=frames[1:])
 
 
-def dump_chunk(items: list[Any], first_position: int) -> list[Any]:
+def dump_chunk(items: Sequence[Any], first_position: int) -> list[Any]:
     """Serialize a chunk of items into frames; a failure names the first item that cannot be sent."""
     try:
         return dumps_frames(items)

@@ -17,8 +17,8 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, cast
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 next_id = itertools.count(1).__next__  # ids of calls and tasks, unique in this process
@@ -67,7 +67,7 @@ class Chunk:
     task_id: int
     position: int  # of its first item in the call's input
     size: int
-    items: list[Any]
+    items: Sequence[Any]
     data: list[Any] = dataclasses.field(default_factory=list)  # serialized items (frames), if sent
     attempts: int = 0  # runs of this chunk that a dead worker cut short
     # When a chunk is run again without some items (their worker died on them), where each
@@ -249,7 +249,7 @@ def item_caller(func: Callable[..., Any], mode: str) -> Callable[[Any], Any]:
 
 
 def run_chunk(
-    func: Callable[..., Any], items: list[Any], mode: str, call_id: int, slot: Any, keep_going: bool,
+    func: Callable[..., Any], items: Sequence[Any], mode: str, call_id: int, slot: Any, keep_going: bool,
 ) -> list[Any]:
     """Call `func` on each item in order; stop early if the call is cancelled.
 
@@ -314,8 +314,21 @@ class ChunkSizer:
             self._size = min(self._size * 2, _MAX_GROWTH)
 
 
-def chunks(items: Iterable[Any], sizer: ChunkSizer) -> Iterator[tuple[int, list[Any]]]:
+SLICED = (list, tuple, range)
+"""Inputs chunked by slicing: faster than reading them item by item, and a slice of a range is
+a range (three numbers to send, not a list of them)."""
+
+
+def chunks(items: Iterable[Any], sizer: ChunkSizer) -> Iterator[tuple[int, Sequence[Any]]]:
     """(position of the first item, items) pairs, read lazily from `items`."""
+    if type(items) in SLICED:
+        sequence = cast(Sequence[Any], items)
+        position = 0
+        while position < len(sequence):
+            chunk = sequence[position:position + sizer.size]
+            yield position, chunk
+            position += len(chunk)
+        return
     iterator = iter(items)
     position = 0
     while True:

@@ -66,6 +66,24 @@ def test_chunksize_keeps_items_together():
     assert len(set(parallel.map(lambda _: os.getpid(), range(50), chunksize=50))) == 1
 
 
+@pytest.mark.parametrize("kind", [list, tuple, range, iter], ids=["list", "tuple", "range", "iterator"])
+def test_every_kind_of_input_gives_the_same_results_and_error_positions(kind, session):
+    """Lists, tuples and ranges are chunked by slicing, other iterables read item by item: the
+    results, and the position an error names, are the same."""
+    items = range(1000) if kind is range else kind(range(1000))
+    assert session.map(lambda x: x * 2, items, chunksize=7) == [x * 2 for x in range(1000)]
+
+    def fails_at_500(x):
+        if x == 500:
+            raise ValueError("bad")
+        return x
+
+    items = range(1000) if kind is range else kind(range(1000))
+    with pytest.raises(ValueError) as info:
+        session.map(fails_at_500, items, chunksize=7)
+    assert any("item 500: 500" in note for note in info.value.__notes__)
+
+
 def test_imap_yields_in_order_and_reads_input_lazily():
     pulled = []
 
