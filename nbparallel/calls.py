@@ -40,7 +40,7 @@ def stream(
     mode: str = "map", ordered: bool = True,
     keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
     background: queue.SimpleQueue[Any] | None = None,
-) -> Iterator[Any]:
+) -> Iterator[list[Any]]:
     """Results of `func` over `items`, a list per chunk (see `collect` and `one_by_one`).
     Checks everything before returning; runs lazily after.
 
@@ -68,7 +68,8 @@ def stream(
     call = _call_factory(chosen, func, mode, options)(events.put, options.worker_count)
     total = tasks.length_hint(items)
     progress = _progress(chosen, call, total, options) if background is not None else None
-    pieces = items if type(items) in tasks.SLICED and mode != "star" else iterator
+    # Star items go through their check; others as given, for `tasks.chunks` to slice if it can.
+    pieces = iterator if mode == "star" else items
     return _run(chosen, call, pieces, total, options, ordered, keep_partial, events, progress)
 
 

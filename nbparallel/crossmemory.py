@@ -86,7 +86,8 @@ def read(pid: int, address: int, size: int) -> memoryview:
     try:
         done = 0
         while done < size:
-            local, remote = _IoVec(ctypes.addressof(target) + done, size - done), _IoVec(address + done, size - done)
+            local = _IoVec(ctypes.addressof(target) + done, size - done)
+            remote = _IoVec(address + done, size - done)
             copied = readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
             if copied <= 0:
                 code = ctypes.get_errno() if copied < 0 else errno.EFAULT

@@ -314,14 +314,14 @@ class ChunkSizer:
             self._size = min(self._size * 2, _MAX_GROWTH)
 
 
-SLICED = (list, tuple, range)
+_SLICED = (list, tuple, range)
 """Inputs chunked by slicing: faster than reading them item by item, and a slice of a range is
 a range (three numbers to send, not a list of them)."""
 
 
 def chunks(items: Iterable[Any], sizer: ChunkSizer) -> Iterator[tuple[int, Sequence[Any]]]:
     """(position of the first item, items) pairs, read lazily from `items`."""
-    if type(items) in SLICED:
+    if type(items) in _SLICED:
         sequence = cast(Sequence[Any], items)
         position = 0
         while position < len(sequence):
