@@ -214,6 +214,12 @@ def timed(call, repeats):
     return times
 
 
+def alternated(first, second, repeats):
+    """Times of `first` and of `second`, run in turn, so both see the same load on a shared machine."""
+    pairs = [(timed(first, 1)[0], timed(second, 1)[0]) for _ in range(repeats)]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
 def workload(name, lib, repeats):
     """Times of `repeats` runs after a warm-up (the pool is started before timing), and extras."""
     global BIG
@@ -238,19 +244,15 @@ def workload(name, lib, repeats):
     if name == "progress-overhead":  # on and off alternately, in one process: ratio of medians
         func = lambda x: x + 1  # noqa: E731
         lib.parallel.map(func, range(1000))
-        off, on = [], []
-        for _ in range(repeats):
-            off += timed(lambda: lib.parallel.map(func, range(200_000), progress=False), 1)
-            on += timed(lambda: lib.parallel.map(func, range(200_000), progress=True), 1)
+        off, on = alternated(lambda: lib.parallel.map(func, range(200_000), progress=False),
+                             lambda: lib.parallel.map(func, range(200_000), progress=True), repeats)
         extra["off_s"] = statistics.median(off)
         extra["on_over_off"] = statistics.median(on) / extra["off_s"]
         return on, extra
     if name == "cpu-bound":
         lib.map(spin, range(WORKERS))
-        serial, times = [], []
-        for _ in range(repeats):  # alternated, so both see the same load on a shared machine
-            serial += timed(lambda: [spin(i) for i in range(16)], 1)
-            times += timed(lambda: lib.map(spin, range(16), chunksize=1), 1)
+        serial, times = alternated(lambda: [spin(i) for i in range(16)],
+                                   lambda: lib.map(spin, range(16), chunksize=1), repeats)
         extra["serial_s"] = statistics.median(serial)
         extra["speedup"] = extra["serial_s"] / statistics.median(times)
         return times, extra
