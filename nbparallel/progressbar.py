@@ -69,7 +69,7 @@ class Progress:
         self.failed = 0
         self._running = running
         self._started = time.monotonic()
-        self._next_redraw = 0.0
+        self._next_redraw = self._started + REDRAW_SECONDS  # the view draws its start itself
         self._view: Any = None
         if enabled and _in_notebook():
             from .widget import WidgetView  # imports ipywidgets: only where a frontend draws it
