@@ -13,11 +13,26 @@ from typing import Any
 
 import ipywidgets as widgets
 from IPython.display import display
+from ipywidgets.widgets.widget_int import ProgressStyle
+from ipywidgets.widgets.widget_string import HTMLStyle
 
 from .progressbar import WORKERS_REDRAW_SECONDS, Snapshot
 
 BAR_STYLES = {"running": "", "done": "success", "failed": "danger", "stopped": "warning"}
 _WORKER_COLOURS = {"idle": "#57606a", "busy": "#0969da", "stopping": "#9a6700", "exited": "#cf222e"}
+
+
+_SHARED: dict[str, widgets.Widget] = {}
+
+
+def _shared(name: str, make: Callable[[], widgets.Widget]) -> Any:
+    """One layout or style model for every bar of this kernel, made again if it was closed
+    (`Widget.close_all()`). Each model costs the kernel about half a millisecond to build and
+    send; five of them per bar were more than a 20 ms call can afford."""
+    model = _SHARED.get(name)
+    if model is None or model.comm is None:
+        model = _SHARED[name] = make()
+    return model
 
 
 class ProgressBox(widgets.Box):
@@ -26,7 +41,8 @@ class ProgressBox(widgets.Box):
     def __init__(self, children: list[Any], text: str) -> None:
         # One flex box that wraps: the bar and its numbers on a line, the worker row below.
         # Few widgets on purpose: each is a model the frontend must open before the call starts.
-        super().__init__(children, layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+        layout = _shared("box", lambda: widgets.Layout(flex_flow="row wrap", align_items="center"))
+        super().__init__(children, layout=layout)
         self.add_class("nbparallel-progress")
         self._text = text
 
@@ -42,14 +58,18 @@ class WidgetView:
         self._next_workers = 0.0
         self.bar = widgets.FloatProgress(
             value=0.0, min=0.0, max=float(start.total or 1), description=start.name,
-            style={"description_width": "initial"}, layout=widgets.Layout(flex="1 1 auto", min_width="12em"),
+            style=_shared("bar style", lambda: ProgressStyle(description_width="initial")),
+            layout=_shared("bar", lambda: widgets.Layout(flex="1 1 auto", min_width="12em")),
         )
-        self.numbers = widgets.HTML(html.escape(start.text()), layout=widgets.Layout(margin="0 0 0 8px"))
+        self.numbers = widgets.HTML(html.escape(start.text()), style=_shared("text style", HTMLStyle),
+                                    layout=_shared("numbers", lambda: widgets.Layout(margin="0 0 0 8px")))
         children: list[Any] = [self.bar, self.numbers]
         # The row of workers, and where it learns about them; None without a row.
         self._worker_row: tuple[widgets.HTML, Callable[[], Sequence[Any]]] | None = None
         if workers is not None:
-            self._worker_row = (widgets.HTML("", layout=widgets.Layout(width="100%")), workers)
+            row = widgets.HTML("", style=_shared("text style", HTMLStyle),
+                               layout=_shared("worker row", lambda: widgets.Layout(width="100%")))
+            self._worker_row = (row, workers)
             children.append(self._worker_row[0])
         self.box = ProgressBox(children, text=f"{start.name}: {start.text()}")
         display(self.box)
@@ -66,8 +86,9 @@ class WidgetView:
             row.value = self._worker_chips(workers())
 
     def end(self, snapshot: Snapshot, state: str) -> None:
-        self.show(snapshot, state)
-        self.bar.bar_style = BAR_STYLES[state]
+        with self.bar.hold_sync():  # the final value and colour in one message
+            self.show(snapshot, state)
+            self.bar.bar_style = BAR_STYLES[state]
 
     def _worker_chips(self, workers: Sequence[Any]) -> str:
         current = {w.pid: w for w in workers}

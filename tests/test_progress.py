@@ -125,6 +125,25 @@ def test_progress_reported_inside_tasks_moves_the_bar_before_any_item_ends(nb, m
     nb.ok("parallel.shutdown()")  # the threads or the dask cluster this test started
 
 
+def test_a_bar_opens_only_its_own_three_widgets_and_survives_close_all(nb):
+    def models_opened_by(code: str) -> tuple[Reply, list[str]]:
+        before = set(nb.widgets)
+        reply = nb.ok(code)
+        return reply, sorted(nb.widgets[m]["_model_name"] for m in set(nb.widgets) - before)
+
+    nb.ok("parallel.map(abs, range(4))")
+    # Layouts and styles are shared by every bar: a short call costs the frontend three models.
+    _, opened = models_opened_by("parallel.map(abs, range(4))")
+    assert opened == ["BoxModel", "FloatProgressModel", "HTMLModel"]
+    # After Widget.close_all() the shared ones are gone: the next bar makes them again, and draws.
+    nb.ok("import ipywidgets\nipywidgets.Widget.close_all()")
+    reply, opened = models_opened_by("parallel.map(abs, range(4))")
+    assert opened.count("LayoutModel") == 3 and "ProgressStyleModel" in opened
+    bar = bar_of(nb, reply)
+    assert bar.bar["bar_style"] == "success" and bar.text.startswith("4/4 items")
+    assert bar.bar["layout"].removeprefix("IPY_MODEL_") in nb.widgets
+
+
 def test_200000_tiny_items_send_a_bounded_number_of_widget_updates(nb):
     nb.ok("parallel.map(abs, range(8))")  # workers started: time the map alone
     before = nb.widget_updates
