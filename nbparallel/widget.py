@@ -72,7 +72,7 @@ class WidgetView:
             self._worker_row = (row, workers)
             children.append(self._worker_row[0])
         self.box = ProgressBox(children, text=f"{start.name}: {start.text()}")
-        display(self.box)
+        display(self.box._repr_mimebundle_(), raw=True)  # what display(box) sends, without asking every formatter
 
     def show(self, snapshot: Snapshot, state: str = "running") -> None:
         if snapshot.total is not None:
