@@ -83,8 +83,42 @@ class NbParallel(Library):
     def map(self, func, items, chunksize=None):
         return self.parallel.map(func, items, chunksize=chunksize)
 
+    def tiny_call_seconds(self, progress):
+        """Workload 3 once, with the text bar (this is a script) on or off."""
+        started = time.perf_counter()
+        self.parallel.map(lambda x: x + 1, range(200_000), progress=progress)
+        return time.perf_counter() - started
+
     def close(self):
         self.parallel.shutdown()
+
+
+class NbParallelInKernel(Library):
+    """nbparallel in a real IPython kernel, started through jupyter_client as JupyterLab starts
+    one, where progress is a widget. Times are measured inside the kernel; widget updates are
+    counted from the kernel's messages, as a frontend receives them."""
+
+    def __init__(self):
+        import tempfile
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent.parent
+        sys.path.insert(0, str(root))
+        from tests.kernel import Kernel  # the repository's own real-kernel helper
+
+        self.kernel = Kernel(Path(tempfile.mkdtemp(prefix="nbparallel-bench-")))
+        self.kernel.ok(f"from nbparallel import parallel\nparallel.configure(workers={WORKERS})")
+
+    def tiny_call_seconds(self, progress):
+        reply = self.kernel.ok(
+            "import time as _t\n_s = _t.perf_counter()\n"
+            f"parallel.map(lambda x: x + 1, range(200_000), progress={progress})\n"
+            "print(_t.perf_counter() - _s)", timeout=120)
+        return float(reply.stdout.split()[-1])
+
+    def close(self):
+        self.kernel.ok("parallel.shutdown()")
+        self.kernel.shutdown()
 
 
 class Stdlib(Library):
@@ -198,7 +232,7 @@ LIBRARIES = {
     "serial": Serial, "nbparallel": NbParallel, "stdlib": Stdlib, "stdlib-spawn": StdlibSpawn,
     "multiprocess": Multiprocess, "futures": Futures,
     "joblib": Joblib, "mpire": Mpire, "pathos": Pathos, "dask": Dask,
-    "nbparallel+progress": lambda: NbParallel(progress=True),
+    "nbparallel+progress": lambda: NbParallel(progress=True), "nbparallel-kernel": NbParallelInKernel,
 }
 
 
@@ -215,9 +249,15 @@ def timed(call, repeats):
 
 
 def alternated(first, second, repeats):
-    """Times of `first` and of `second`, run in turn, so both see the same load on a shared machine."""
-    pairs = [(timed(first, 1)[0], timed(second, 1)[0]) for _ in range(repeats)]
+    """Seconds `first` and `second` say they took, run in turn, so both see the same load on a
+    shared machine."""
+    pairs = [(first(), second()) for _ in range(repeats)]
     return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def stopwatch(call):
+    """`call`, made to return how long it took."""
+    return lambda: timed(call, 1)[0]
 
 
 def workload(name, lib, repeats):
@@ -242,17 +282,20 @@ def workload(name, lib, repeats):
         assert lib.map(func, items)[-1] == 200_000
         return times, extra
     if name == "progress-overhead":  # on and off alternately, in one process: ratio of medians
-        func = lambda x: x + 1  # noqa: E731
-        lib.parallel.map(func, range(1000))
-        off, on = alternated(lambda: lib.parallel.map(func, range(200_000), progress=False),
-                             lambda: lib.parallel.map(func, range(200_000), progress=True), repeats)
+        lib.tiny_call_seconds(progress=False)
+        lib.tiny_call_seconds(progress=True)
+        updates_before = getattr(getattr(lib, "kernel", None), "widget_updates", 0)
+        off, on = alternated(lambda: lib.tiny_call_seconds(progress=False),
+                             lambda: lib.tiny_call_seconds(progress=True), repeats)
         extra["off_s"] = statistics.median(off)
         extra["on_over_off"] = statistics.median(on) / extra["off_s"]
+        if hasattr(lib, "kernel"):
+            extra["widget_updates_per_call"] = (lib.kernel.widget_updates - updates_before) / repeats
         return on, extra
     if name == "cpu-bound":
         lib.map(spin, range(WORKERS))
-        serial, times = alternated(lambda: [spin(i) for i in range(16)],
-                                   lambda: lib.map(spin, range(16), chunksize=1), repeats)
+        serial, times = alternated(stopwatch(lambda: [spin(i) for i in range(16)]),
+                                   stopwatch(lambda: lib.map(spin, range(16), chunksize=1)), repeats)
         extra["serial_s"] = statistics.median(serial)
         extra["speedup"] = extra["serial_s"] / statistics.median(times)
         return times, extra
