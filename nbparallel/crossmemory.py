@@ -3,9 +3,11 @@
 A chunk's large arrays need not be copied by the pool at all: the worker that runs the chunk
 copies them out of the pool's memory into its own, in one system call, so the copies happen in
 the workers, in parallel, each of only the items it runs. Linux lets a process read another's
-memory when it could trace it: same user, and no Yama policy limiting that to descendants (a
-worker is the pool's child, not its ancestor). Elsewhere, `children_can_read` is False and large
-items go through shared files instead (see transport).
+memory when it could trace it: same user, and under Yama's ptrace_scope 1 (Ubuntu's default)
+only when the reader descends from a process the target named with PR_SET_PTRACER, as crash
+reporters do: the pool names itself, so its own descendants may read it and no other process
+gains anything. Elsewhere (not Linux, a stricter Yama scope, a seccomp filter), `children_can_read`
+is False and large items go through shared files instead (see transport).
 """
 
 from __future__ import annotations
@@ -37,26 +39,38 @@ def _process_vm_readv() -> Any:
     return function
 
 
+YAMA_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
+_PR_SET_PTRACER = 0x59616D61  # "Yama", from linux/prctl.h
+
+
 @functools.cache
 def children_can_read() -> bool:
     """True if this process's children can be expected to read its memory: the system call is
-    there and allowed (a seccomp filter may forbid it), and no Yama ptrace_scope forbids it.
+    there and allowed (a seccomp filter may forbid it), and Yama, if present, lets them.
     A worker that is refused anyway says so, and the pool stops lending (see ProcessPool)."""
-    if _process_vm_readv() is None:
-        return False
-    try:
-        with open("/proc/sys/kernel/yama/ptrace_scope") as scope:
-            if scope.read().strip() != "0":
-                return False
-    except FileNotFoundError:  # no Yama: the usual same-user rule alone applies
-        pass
-    except OSError:
+    if _process_vm_readv() is None or not _yama_lets_children_read():
         return False
     probe = Pinned(bytearray(b"can a process read this?"))
     try:
         return bytes(read(os.getpid(), probe.address, probe.size)) == bytes(probe.frame)
     except OSError:
         return False
+
+
+def _yama_lets_children_read() -> bool:
+    """Scope 0 or no Yama: yes. Scope 1: yes once this process has named itself as the one
+    whose descendants may trace it (which replaces any ptracer it named before). Stricter: no."""
+    try:
+        with open(YAMA_SCOPE) as file:
+            scope = file.read().strip()
+    except FileNotFoundError:  # no Yama: the usual same-user rule alone applies
+        return True
+    except OSError:
+        return False
+    if scope == "1":
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PTRACER, ctypes.c_ulong(os.getpid()), 0, 0, 0) == 0
+    return scope == "0"
 
 
 class Pinned:

@@ -335,6 +335,30 @@ def test_a_worker_refused_reading_the_notebooks_memory_gets_big_items_through_sh
     assert len(created) == 8
 
 
+@pytest.fixture
+def yama_scope(tmp_path, monkeypatch):
+    """Sets the Yama ptrace_scope that crossmemory reads (the real one needs root to change)."""
+    def set_scope(scope: str) -> None:
+        path = tmp_path / "ptrace_scope"
+        path.write_text(scope + "\n")
+        monkeypatch.setattr(crossmemory, "YAMA_SCOPE", str(path))
+        crossmemory.children_can_read.cache_clear()
+
+    yield set_scope
+    crossmemory.children_can_read.cache_clear()  # the next caller reads the real scope again
+
+
+@pytest.mark.skipif(not crossmemory.children_can_read(), reason="workers cannot read this process's memory here")
+@pytest.mark.parametrize("scope", ["0", "1", "2", "3"])
+def test_workers_read_the_notebooks_memory_only_where_yama_lets_them(yama_scope, scope):
+    """Scope 0: they may. Scope 1 (Ubuntu): once the pool has named itself the process whose
+    descendants may read it, which only a kernel with Yama accepts. 2 and 3: never."""
+    yama_scope(scope)
+    has_yama = os.path.exists("/proc/sys/kernel/yama")
+    expected = {"0": True, "1": has_yama, "2": False, "3": False}[scope]
+    assert crossmemory.children_can_read() is expected
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 def test_reading_the_memory_of_a_process_that_is_gone_says_which_process():
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
