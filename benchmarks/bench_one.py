@@ -168,8 +168,8 @@ class Futures(Library):
         self.pool = ProcessPoolExecutor(WORKERS)
 
     def map(self, func, items, chunksize=None):
-        """The executor has no automatic chunking (its default is one item per task): given the
-        stdlib Pool's rule, as a user who reads its docs would (one item per task was 700x slower on tiny tasks)."""
+        """The executor has no automatic chunking: given the stdlib Pool's rule, as a user who
+        reads its docs would (its default, one item per task, was 700x slower on tiny tasks)."""
         if chunksize is None:
             items = list(items)
             chunksize = max(1, -(-len(items) // (WORKERS * 4)))
