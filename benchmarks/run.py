@@ -32,7 +32,8 @@ WORKLOADS = {
     "tiny-tasks": (["nbparallel", *PEERS], 5, 300),
     # The same items as a list, not a range (which nbparallel sends as ranges): the fast peers only.
     "tiny-tasks-list": (["nbparallel", "stdlib", "stdlib-spawn", "multiprocess", "pathos"], 5, 300),
-    "cpu-bound": (["serial", "nbparallel", *PEERS], 5, 300),
+    # A ratio of two medians on a shared machine (serial alone varies by 20%): more runs.
+    "cpu-bound": (["serial", "nbparallel", *PEERS], 9, 300),
     "big-numpy-arg": (["serial", "nbparallel", *PEERS], 3, 300),
     "big-global": (["serial", "nbparallel", *PEERS], 3, 300),
     "heavy-closure": (["serial", "nbparallel", *PEERS], 3, 300),
