@@ -39,7 +39,7 @@ WORKLOADS = {
     "heavy-closure": (["serial", "nbparallel", *PEERS], 3, 300),
     "big-results": (["nbparallel", *PEERS], 3, 300),
     # Progress on versus off, alternately: the text bar in a script, the widget in a real kernel.
-    "progress-overhead": (["nbparallel", "nbparallel-kernel"], 100, 300),
+    "progress-overhead": (["nbparallel", "nbparallel-kernel"], 300, 300),
     "imap-million": (["nbparallel"], 1, 300),
 }
 
