@@ -17,8 +17,14 @@ import pytest
 from nbparallel import Parallel, parallel
 
 ROOT = Path(__file__).resolve().parent.parent
-# Worker records of this run (and of the kernels and scripts it starts) stay out of the user's.
-os.environ["NBPARALLEL_STATE_DIR"] = tempfile.mkdtemp(prefix="nbparallel-test-state-")
+
+
+def pytest_configure(config):
+    """Worker records of this run (and of the kernels and scripts it starts) stay out of the user's.
+
+    Made here rather than at import: workers (ours and Dask's) import this module to unpickle a
+    test's function, and each would otherwise leave a directory of its own behind."""
+    os.environ["NBPARALLEL_STATE_DIR"] = tempfile.mkdtemp(prefix="nbparallel-test-state-")
 
 
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.02):
