@@ -106,7 +106,8 @@ class NbParallelInKernel(Library):
         sys.path.insert(0, str(root))
         from tests.kernel import Kernel  # the repository's own real-kernel helper
 
-        self.kernel = Kernel(Path(tempfile.mkdtemp(prefix="nbparallel-bench-")))
+        self.directory = Path(tempfile.mkdtemp(prefix="nbparallel-bench-"))  # kernel spec, cwd
+        self.kernel = Kernel(self.directory)
         self.kernel.ok(f"from nbparallel import parallel\nparallel.configure(workers={WORKERS})")
 
     def tiny_call_seconds(self, progress):
@@ -117,8 +118,11 @@ class NbParallelInKernel(Library):
         return float(reply.stdout.split()[-1])
 
     def close(self):
+        import shutil
+
         self.kernel.ok("parallel.shutdown()")
         self.kernel.shutdown()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class Stdlib(Library):
@@ -286,7 +290,7 @@ def workload(name, lib, repeats):
         times = timed(lambda: lib.map(func, items), repeats)
         assert lib.map(func, items)[-1] == 200_000
         return times, extra
-    if name == "progress-overhead":  # on and off alternately, in one process: ratio of medians
+    if name == "progress-overhead":  # on and off alternately, in one process: median of paired ratios
         lib.tiny_call_seconds(progress=False)
         lib.tiny_call_seconds(progress=True)
         updates_before = getattr(getattr(lib, "kernel", None), "widget_updates", 0)
