@@ -70,15 +70,29 @@ def _bench(library: str, workload: str, repeats: int, limit: float) -> dict:
     reader = threading.Thread(target=lambda: found.extend(_first_json_line(process.stdout)), daemon=True)
     reader.start()
     reader.join(limit)
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # the group we created: the benchmark and its workers
-    except ProcessLookupError:
-        pass
-    process.wait()
+    _stop_group(process)
     if not found:
         return {"error": f"no result within the time limit of {limit:.0f} s" if reader.is_alive()
                 else f"no result (exit {process.returncode})"}
     return json.loads(found[0])
+
+
+def _stop_group(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop the group we created, the benchmark and everything it started, SIGTERM first.
+    Workers die of it, but the resource trackers of multiprocessing and loky ignore it: they
+    outlive the workers and then remove the semaphores and /dev/shm folders their library
+    registered, which SIGKILL alone leaves behind. What is left after `grace` s is killed."""
+    deadline = time.monotonic() + grace
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+            while time.monotonic() < deadline:
+                process.poll()  # reap the benchmark itself: a zombie is still in the group
+                os.killpg(process.pid, 0)  # raises once the group is empty
+                time.sleep(0.05)
+        except ProcessLookupError:
+            break
+    process.wait()
 
 
 def _first_json_line(stream) -> list[str]:
