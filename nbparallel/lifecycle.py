@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import psutil
@@ -36,16 +37,27 @@ def _owner_record() -> Path:
     return state_dir() / f"{pid}-{created:.3f}.json"
 
 
-def record_workers(workers: list[Process]) -> None:
-    """Write down this process's current workers (an empty list removes the record)."""
-    path = _owner_record()
-    if not workers:
-        path.unlink(missing_ok=True)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"owner": identify(os.getpid()), "workers": workers}))
-    os.replace(temporary, path)
+_workers_by_pool: dict[int, list[Process]] = {}  # this process's pools (by id) and their workers
+_record_lock = threading.Lock()
+
+
+def record_workers(pool: object, workers: list[Process]) -> None:
+    """Write down the current workers of `pool`. The record lists those of every pool of this
+    process (several sessions may each run one); with none left, it is removed."""
+    with _record_lock:
+        if workers:
+            _workers_by_pool[id(pool)] = workers
+        else:
+            _workers_by_pool.pop(id(pool), None)
+        everyone = [worker for pool_workers in _workers_by_pool.values() for worker in pool_workers]
+        path = _owner_record()
+        if not everyone:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"owner": identify(os.getpid()), "workers": everyone}))
+        os.replace(temporary, path)
 
 
 def is_running(process: Process) -> bool:
@@ -82,3 +94,4 @@ def reap_orphans() -> int:
                     pass
         path.unlink(missing_ok=True)
     return killed
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from nbparallel import (
     TaskTimeoutError,
     UnsendableError,
     WorkerDiedError,
+    lifecycle,
     parallel,
 )
 
@@ -245,6 +247,23 @@ def test_a_thousand_calls_leave_fds_threads_and_processes_as_they_were():
     for n in range(1_000):
         parallel.map(abs, range(n % 7))
     assert (me.num_fds(), threading.active_count(), len(me.children(recursive=True))) == before
+
+
+def test_the_worker_record_lists_every_sessions_workers_until_each_shuts_down(session):
+    """The record on disk, which the sweep reads after a crash, covers every pool of this process."""
+    def recorded() -> set[int]:
+        records = list(lifecycle.state_dir().glob(f"{os.getpid()}-*.json"))
+        return {pid for pid, _ in json.loads(records[0].read_text())["workers"]} if records else set()
+
+    def pids(owner) -> set[int]:
+        return {w.pid for w in owner.status().workers}
+
+    parallel.map(abs, range(4))
+    session.map(abs, range(4))
+    assert pids(parallel) and pids(session)
+    assert recorded() == pids(parallel) | pids(session)
+    session.shutdown()
+    assert recorded() == pids(parallel)
 
 
 def test_interpreter_exit_with_work_in_flight_is_quick_and_clean(tmp_path):

@@ -302,7 +302,7 @@ class ProcessPool:
         self._record()
 
     def _record(self) -> None:
-        lifecycle.record_workers([(w.pid, w.create_time) for w in self._workers.values()])
+        lifecycle.record_workers(self, [(w.pid, w.create_time) for w in self._workers.values()])
 
     def _retire_extra(self) -> list[_Worker]:
         """Retire workers beyond the pool's size, idle ones first; each stops when it is idle.
