@@ -1,5 +1,5 @@
-"""Workers never outlive their kernel: a record on disk of who owns which workers, and the sweep
-of workers whose owner died.
+"""Workers never outlive their kernel: a record on disk of who owns which workers, the sweep of
+workers whose owner died, and the hook that stops a pool when its kernel is asked to exit.
 
 Each worker exits by itself when its owner dies (EOF on its socket, see `worker.py`); this record
 is the backstop for a worker that cannot notice (stuck in C code that holds the GIL). Processes
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -95,3 +97,22 @@ def reap_orphans() -> int:
         path.unlink(missing_ok=True)
     return killed
 
+
+def stop_with_kernel(stop: Callable[[], None]) -> Callable[[], None]:
+    """In an IPython kernel, call `stop` as soon as the kernel is asked to exit (shut down,
+    restarted, `exit()`); returns a function that cancels this. Elsewhere, does nothing.
+
+    It must run before ipykernel ends the kernel's child processes: a pool still running would
+    replace each worker ipykernel kills, the kernel would not exit in time, and jupyter_client
+    would kill it, skipping every atexit handler (ours and the user's)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or not shell.has_trait("exit_now"):
+        return lambda: None
+
+    def on_exit_now(change: dict[str, object]) -> None:
+        if change["new"]:
+            stop()
+
+    shell.observe(on_exit_now, names="exit_now")
+    return lambda: shell.unobserve(on_exit_now, names="exit_now")

@@ -223,6 +223,22 @@ def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, 
         assert max(started(tmp_path).values()) < gone_at + 0.5
 
 
+@pytest.mark.parametrize("how", ["shutdown", "restart-graceful"])
+def test_a_kernel_asked_to_exit_stops_its_pool_and_exits_by_itself(kernel, tmp_path, how):
+    """ipykernel ends the kernel's child processes on its way out. A pool still running would
+    replace each worker it ends, the kernel would miss jupyter_client's deadline and be killed:
+    no atexit handler would run, and the pool's worker record would stay behind."""
+    ran = tmp_path / "atexit-ran"
+    kernel.ok(f"import atexit, pathlib\natexit.register(pathlib.Path({str(ran)!r}).touch)\n"
+              "from nbparallel import parallel\nparallel.map(abs, range(4), progress=False)")
+    process = kernel.manager.provisioner.process  # type: ignore[union-attr]
+    assert list(lifecycle.state_dir().glob(f"{process.pid}-*.json"))  # the pool's record
+    end_kernel(kernel, how)
+    assert process.wait(10) == 0  # not killed by jupyter_client (-SIGTERM, -SIGKILL)
+    assert ran.exists()
+    assert not list(lifecycle.state_dir().glob(f"{process.pid}-*.json"))
+
+
 @pytest.mark.parametrize("how", ["restart-now", "shutdown", "sigkill"])
 def test_the_local_dask_cluster_is_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how):
     """Its scheduler and workers are not in the kernel's process group (so that Stop spares

@@ -13,7 +13,8 @@ fork by default. Why not multiprocessing's spawn: it re-imports a script's `__ma
 worker, which is what makes `if __name__ == "__main__":` necessary. So a worker is
 `python -c "...worker.main()"` with one socket to this process; functions reach it by value.
 The socket doubles as the worker's lifeline: it exits on EOF, i.e. when this process dies.
-Workers stay in the kernel's process group, so Jupyter's restart (killpg) reaches them too.
+Workers stay in the kernel's process group, so Jupyter's restart (killpg) reaches them too; the
+pool stops itself first when the kernel is asked to exit (see `lifecycle.stop_with_kernel`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -145,6 +146,7 @@ class ProcessPool:
         self._woken = False
         self._dispatcher: threading.Thread | None = None
         self._closed = False
+        self._forget_kernel_hook: Callable[[], None] = lambda: None
         self._setups: list[tuple[tasks.Call, list[Any]]] = []  # replayed on every new worker
         # Large items stay in this process, and each worker copies those it runs (in parallel,
         # no copy here); off where workers cannot read this process's memory, or said so.
@@ -265,6 +267,7 @@ class ProcessPool:
             if self._closed:
                 return
             self._closed = True
+            self._forget_kernel_hook()
             lost = [entry for entry in self._pending]
             self._pending.clear()
             workers = list(self._workers.values())
@@ -292,6 +295,7 @@ class ProcessPool:
         self._fill()
         self._dispatcher = threading.Thread(target=self._dispatch_forever, name="nbparallel-dispatcher", daemon=True)
         self._dispatcher.start()
+        self._forget_kernel_hook = lifecycle.stop_with_kernel(self.shutdown)
 
     def _fill(self) -> None:
         while sum(not w.retiring for w in self._workers.values()) < self._size:
