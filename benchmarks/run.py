@@ -70,9 +70,10 @@ def _bench(library: str, workload: str, repeats: int, limit: float) -> dict:
     reader = threading.Thread(target=lambda: found.extend(_first_json_line(process.stdout)), daemon=True)
     reader.start()
     reader.join(limit)
+    timed_out = reader.is_alive()  # before the group is stopped, which ends the reader too
     _stop_group(process)
     if not found:
-        return {"error": f"no result within the time limit of {limit:.0f} s" if reader.is_alive()
+        return {"error": f"no result within the time limit of {limit:.0f} s" if timed_out
                 else f"no result (exit {process.returncode})"}
     return json.loads(found[0])
 
