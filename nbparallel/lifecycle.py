@@ -34,11 +34,6 @@ def identify(pid: int) -> Process | None:
         return None
 
 
-def _owner_record() -> Path:
-    pid, created = identify(os.getpid()) or (os.getpid(), 0.0)
-    return state_dir() / f"{pid}-{created:.3f}.json"
-
-
 _workers_by_pool: dict[int, list[Process]] = {}  # this process's pools (by id) and their workers
 _record_lock = threading.Lock()
 
@@ -52,13 +47,15 @@ def record_workers(pool: object, workers: list[Process]) -> None:
         else:
             _workers_by_pool.pop(id(pool), None)
         everyone = [worker for pool_workers in _workers_by_pool.values() for worker in pool_workers]
-        path = _owner_record()
+        owner = identify(os.getpid())
+        pid, created = owner or (os.getpid(), 0.0)
+        path = state_dir() / f"{pid}-{created:.3f}.json"
         if not everyone:
             path.unlink(missing_ok=True)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"owner": identify(os.getpid()), "workers": everyone}))
+        temporary.write_text(json.dumps({"owner": owner, "workers": everyone}))
         os.replace(temporary, path)
 
 
