@@ -48,9 +48,14 @@ class ParallelFunction:
 
 
 def _parallel_function(func: Callable[..., Any], options: dict[str, Any]) -> ParallelFunction:
+    return ParallelFunction(_this_process_session(), func, options)
+
+
+def _this_process_session() -> Parallel:
+    """`nbparallel.parallel` of the process unpickling: a session sent to a worker means its own."""
     from . import parallel
 
-    return ParallelFunction(parallel, func, options)
+    return parallel
 
 
 class Parallel:
@@ -219,6 +224,12 @@ class Parallel:
 
     def __repr__(self) -> str:
         return f"<nbparallel.parallel {self._options}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A function that uses `parallel` is sent with a reference to it, never a copy: its pool
+        # belongs to this process, and in a worker the name means the worker's own session
+        # (where nested calls run serially).
+        return _this_process_session, ()
 
 
 class PoolStatus:

@@ -81,6 +81,8 @@ _ADVICE = {
     "make it a list first",
     "thread": "threads and processes cannot be copied to another process. Start them inside "
     "the function if each task needs one",
+    "call handle": "a running call lives in the notebook. Wait for its results there "
+    "(`handle.result()`) and pass or capture the results instead",
 }
 
 

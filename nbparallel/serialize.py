@@ -386,6 +386,8 @@ def unsendable_kind(obj: object) -> str | None:
     for kind, kinds in _unsendable_types().items():
         if isinstance(obj, kinds):
             return kind
+    if type(obj).__module__ == "nbparallel.background":  # a MapHandle (importing it would cycle)
+        return "call handle"
     return None
 
 

@@ -171,3 +171,35 @@ def test_submodules_the_function_reaches_through_a_package_are_imported_in_worke
         tmp_path,
     )
     assert out == [["a%20b", "a"]]
+
+
+def test_a_function_that_uses_parallel_itself_can_be_sent_again_and_again(tmp_path):
+    """`parallel` goes by reference: in a worker it is the worker's own session (serial there)."""
+    out, _ = run_json(
+        """
+        import json, os
+        from nbparallel import parallel
+        parallel.configure(progress=False)
+
+        def plus_one(x):
+            return x + 1
+        def total(n):
+            return sum(parallel.map(plus_one, range(n))), os.getpid()
+        first = parallel.map(total, [3, 4])
+        second = parallel.map(total, [3, 4])
+        handle = parallel.map_async(plus_one, [1])
+        try:
+            parallel.map(lambda x: handle, [1])
+            refused = ""
+        except TypeError as error:
+            refused = str(error)
+        handle.result()
+        print(json.dumps([first, second, os.getpid(), refused]))
+        """,
+        tmp_path,
+    )
+    first, second, notebook_pid, refused = out
+    assert [s for s, _ in first] == [s for s, _ in second] == [6, 10]
+    assert notebook_pid not in {pid for _, pid in first + second}
+    assert "captures 'handle' (nbparallel.background.MapHandle)" in refused
+    assert "handle.result()" in refused
