@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import linecache
 import os
 import queue
@@ -146,6 +147,7 @@ def _run(
     window = workers * _WINDOW_PER_WORKER
     submitted: collections.OrderedDict[int, tasks.Chunk] = collections.OrderedDict()
     finished: dict[int, list[Any]] = {}
+    failing_chunk: dict[int, Any] = {}  # by position: what the chunk that failed finished first
     started = False
     more = True
     progress = progress or _progress(backend, call, total, options)
@@ -177,6 +179,8 @@ def _run(
                     backend.submit(call, chunk)
                     continue
                 event = None  # every item of the chunk has its outcome already
+            elif isinstance(event, tasks.TaskFailed):
+                failing_chunk = outcomes.finished_before_failure(call, chunk, event, options.errors)
             else:
                 sizer.observe(chunk.size, getattr(event, "seconds", 0.0))
             results = outcomes.results(call, chunk, event, options.errors)
@@ -203,9 +207,12 @@ def _run(
             if started and not call.closed:
                 backend.cancel(call, stop_running=False)
             keep_partial({
-                position: result
-                for task_id, results in finished.items()
-                for position, result in enumerate(results, submitted[task_id].position)
+                **{
+                    position: result
+                    for task_id, results in finished.items()
+                    for position, result in enumerate(results, submitted[task_id].position)
+                },
+                **failing_chunk,
             })
         call.closed = True
         progress.close(ending)
@@ -225,7 +232,8 @@ def submit(
             future.set_exception(error)
         return future
     backend = get_backend()
-    new_call = _call_factory(backend, func, "apply", options)
+    # A future's result() raises the task's exception, whatever the session's `errors` says.
+    new_call = _call_factory(backend, func, "apply", dataclasses.replace(options, errors="raise"))
     chunk = tasks.Chunk(tasks.next_id(), 0, 1, [(args, kwargs)])
 
     def deliver(event: object) -> None:
@@ -275,8 +283,8 @@ def run_setup(get_backend: Callable[[], Backend], source: str, namespace: dict[s
     try:
         for _ in range(count):
             event = events.get()
-            if isinstance(event, tasks.TaskLost):
-                raise errors.worker_died(event.pid, event.returncode, None, None)
+            if isinstance(event, tasks.TaskLost):  # its own cause (a restart...) if it has one
+                raise event.error or errors.worker_died(event.pid, event.returncode, None, None)
             outcomes.results(call, tasks.Chunk(event.task_id, 0, 1, [used]), event, "raise")
     except KeyboardInterrupt:
         backend.cancel(call, stop_running=True)

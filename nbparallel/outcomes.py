@@ -106,6 +106,25 @@ def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None, mode: st
     return kept
 
 
+def finished_before_failure(call: tasks.Call, chunk: tasks.Chunk, event: tasks.TaskFailed,
+                            mode: str) -> dict[int, Any]:
+    """Results of the items a failing chunk finished before the failure, by input position
+    (kept for `partial_results`); empty if they cannot be rebuilt here."""
+    try:
+        ran = event.results if isinstance(event.results, list) else serialize.loads(event.results)
+    except BaseException:  # a result whose unpickling fails: the failure itself is reported
+        return {}
+    finished = {}
+    for offset, result in enumerate(ran):
+        position = chunk.position + _original(chunk, offset)
+        if isinstance(result, tasks.Failure):
+            if mode == "skip":
+                continue
+            result = rebuild(call, position, result)
+        finished[position] = result
+    return finished
+
+
 def _loaded(call: tasks.Call, chunk: tasks.Chunk, frames: list[Any]) -> list[Any]:
     try:
         return serialize.loads_frames(frames)

@@ -45,6 +45,12 @@ def scaled(x):
     return x * SCALE
 
 
+def fails_on_seven(x):
+    if x == 7:
+        raise LookupError("seven")
+    return scaled(x)
+
+
 def test_map_keeps_input_order_and_uses_notebook_globals(on):
     offset = 100
     assert on.map(lambda x: scaled(x) + offset, range(50)) == [3 * x + 100 for x in range(50)]
@@ -84,6 +90,24 @@ def test_every_worker_setup_defines_names_for_later_tasks(on):
     base = 7
     assert on.run_on_every_worker("import math as setup_math\nfrom_setup = base * 6", {"base": base}) >= 1
     assert on.map(lambda x: from_setup + x + int(setup_math.pi), range(3)) == [45, 46, 47]
+
+
+def test_a_future_raises_the_tasks_exception_whatever_the_sessions_errors_rule(on):
+    """`errors="return"` is for maps; a future's result() raises, always."""
+    on.configure(errors="return")
+    try:
+        future = on.submit(fails_on_seven, 7)
+        with pytest.raises(LookupError, match="seven"):
+            future.result(timeout=30)
+    finally:
+        on.configure(errors="raise")
+
+
+def test_items_a_failing_chunk_finished_are_kept(on):
+    """Items 0-6 of a one-chunk call whose item 7 raises are in partial_results()."""
+    with pytest.raises(LookupError):
+        on.map(fails_on_seven, range(10), chunksize=10)
+    assert on.partial_results() == {n: n * SCALE for n in range(7)}
 
 
 def test_progress_shows_the_total(on, capsys):

@@ -199,6 +199,27 @@ def test_results_before_a_failure_are_kept():
     assert parallel.partial_results() == {0: 0, 1: 2, 2: 4}
 
 
+def test_a_restart_during_every_worker_setup_is_reported_as_a_restart(session):
+    """The setup's error says the pool was restarted, not that a worker died by itself."""
+    session.configure(workers=2)
+    session.map(abs, range(2))
+    outcome: list[BaseException] = []
+
+    def run_setup():
+        try:
+            session.run_on_every_worker("import time\nwhile True: time.sleep(0.01)")
+        except BaseException as error:
+            outcome.append(error)
+
+    setup = threading.Thread(target=run_setup)
+    setup.start()
+    wait_until(lambda: all(w.busy for w in session.status().workers))
+    session.restart()
+    setup.join(30)
+    assert outcome and "the pool was restarted" in str(outcome[0]), outcome
+    assert not isinstance(outcome[0], WorkerDiedError)
+
+
 # --- memory and recycling -------------------------------------------------------------------
 
 
