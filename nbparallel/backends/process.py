@@ -238,7 +238,7 @@ class ProcessPool:
         (busy ones stop when their task ends)."""
         with self._lock:
             self._size = workers
-            if self._dispatcher is None:
+            if self._dispatcher is None or self._closed:
                 return
             self._fill()
             stopping = self._retire_extra()
@@ -283,6 +283,9 @@ class ProcessPool:
             _reap(worker)
         if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
             self._dispatcher.join(_EXIT_WAIT_SECONDS)
+        if self._dispatcher is None or not self._dispatcher.is_alive():
+            self._wake_reader.close()  # now, not when a reference cycle is collected
+            self._wake_writer.close()
 
     # --- the dispatcher -----------------------------------------------------------------
 
