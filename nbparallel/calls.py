@@ -16,15 +16,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from . import errors, outcomes, serialize, tasks
+from . import chunking, errors, outcomes, serialize, tasks
 from .backends import Backend
 from .options import Options
 from .progressbar import Progress
-
-# Chunks submitted but not yet handed to the caller, per worker: enough to keep every worker
-# fed, few enough that a huge or endless input is never read far ahead of the workers.
-_WINDOW_PER_WORKER = 2
-
 
 def in_worker() -> bool:
     """True inside a worker: a nested call then runs serially instead of starting a pool."""
@@ -67,9 +62,9 @@ def stream(
     chosen = get_backend()
     events: queue.SimpleQueue[Any] = queue.SimpleQueue() if background is None else background
     call = _call_factory(chosen, func, mode, options)(events.put, options.worker_count)
-    total = tasks.length_hint(items)
+    total = chunking.length_hint(items)
     progress = _progress(chosen, call, total, options) if background is not None else None
-    # Star items go through their check; others as given, for `tasks.chunks` to slice if it can.
+    # Star items go through their check; others as given, for `chunking.chunks` to slice if it can.
     pieces = iterator if mode == "star" else items
     return _run(chosen, call, pieces, total, options, ordered, keep_partial, events, progress)
 
@@ -141,10 +136,8 @@ def _run(
     progress: Progress | None,
 ) -> Iterator[list[Any]]:
     __tracebackhide__ = True  # see Parallel.map
-    workers = options.worker_count
-    sizer = tasks.ChunkSizer(total, workers, options.chunksize)
-    pieces = tasks.chunks(items, sizer)
-    window = workers * _WINDOW_PER_WORKER
+    sizer = chunking.ChunkSizer(total, options.worker_count, options.chunksize)
+    pieces = chunking.chunks(items, sizer)
     submitted: collections.OrderedDict[int, tasks.Chunk] = collections.OrderedDict()
     finished: dict[int, list[Any]] = {}
     failing_chunk: dict[int, Any] = {}  # by position: what the chunk that failed finished first
@@ -154,7 +147,7 @@ def _run(
     ending = "failed"
     try:
         while True:
-            while more and len(submitted) < window:
+            while more and len(submitted) < sizer.window:
                 piece = next(pieces, None)
                 if piece is None:
                     more = False
@@ -182,7 +175,7 @@ def _run(
             elif isinstance(event, tasks.TaskFailed):
                 failing_chunk = outcomes.finished_before_failure(call, chunk, event, options.errors)
             else:
-                sizer.observe(chunk.size, getattr(event, "seconds", 0.0))
+                sizer.observe(chunk.size, getattr(event, "seconds", 0.0), getattr(event, "nbytes", 0))
             results = outcomes.results(call, chunk, event, options.errors)
             progress.advance(chunk.size, chunk.failed)
             if not ordered:

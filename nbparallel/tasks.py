@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import itertools
-import math
 import os
 import sys
 import threading
@@ -22,14 +21,6 @@ from typing import Any, cast
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 next_id = itertools.count(1).__next__  # ids of calls and tasks, unique in this process
-
-# A chunk should keep a worker busy for about this long: long enough that sending it costs
-# little, short enough that progress moves and the last chunks finish together.
-TARGET_CHUNK_SECONDS = 0.05
-_CHUNKS_PER_WORKER = 4
-_FEW_ITEMS = 32
-_MAX_GROWTH = 4096
-
 
 @dataclasses.dataclass(eq=False)
 class Call:
@@ -106,6 +97,7 @@ class TaskDone:
     results: list[Any] | None  # the results themselves, from a thread
     seconds: float
     frames: list[Any] | None = None  # or serialized, from a worker process (see send_message)
+    nbytes: int = 0  # what the chunk's items and results took serialized (for chunk sizing)
 
 
 @dataclasses.dataclass(slots=True)
@@ -278,62 +270,3 @@ def run_chunk(
                 raise ItemFailed(len(results), results, error) from error
             append(Raised(error))
             start = len(results)
-
-
-def length_hint(items: Iterable[Any]) -> int | None:
-    try:
-        return len(items)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
-class ChunkSizer:
-    """Chooses chunk sizes: from the item count when it is known, else from measured task time."""
-
-    def __init__(self, total: int | None, workers: int, fixed: int | None) -> None:
-        if fixed is not None:
-            self._size = fixed
-            self._adaptive = False
-        elif total is not None:
-            # A few items: one chunk per worker, one round trip. Many: several chunks per worker,
-            # so that uneven tasks still finish together.
-            per_worker = 1 if total <= _FEW_ITEMS else _CHUNKS_PER_WORKER
-            self._size = max(1, math.ceil(total / (workers * per_worker)))
-            self._adaptive = False
-        else:
-            self._size = 1
-            self._adaptive = True
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def observe(self, items: int, seconds: float) -> None:
-        """Grow the chunk size while chunks finish much faster than the target."""
-        if self._adaptive and items >= self._size and seconds < TARGET_CHUNK_SECONDS / 2:
-            self._size = min(self._size * 2, _MAX_GROWTH)
-
-
-_SLICED = (list, tuple, range)
-"""Inputs chunked by slicing: faster than reading them item by item, and a slice of a range is
-a range (three numbers to send, not a list of them)."""
-
-
-def chunks(items: Iterable[Any], sizer: ChunkSizer) -> Iterator[tuple[int, Sequence[Any]]]:
-    """(position of the first item, items) pairs, read lazily from `items`."""
-    if type(items) in _SLICED:
-        sequence = cast(Sequence[Any], items)
-        position = 0
-        while position < len(sequence):
-            chunk = sequence[position:position + sizer.size]
-            yield position, chunk
-            position += len(chunk)
-        return
-    iterator = iter(items)
-    position = 0
-    while True:
-        chunk = list(itertools.islice(iterator, sizer.size))
-        if not chunk:
-            return
-        yield position, chunk
-        position += len(chunk)

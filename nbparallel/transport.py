@@ -73,6 +73,11 @@ def share_instead(frames: list[Any]) -> list[Any]:
     return share_large([f.frame if isinstance(f, LentFrame) else f for f in frames])
 
 
+def frame_bytes(frames: list[Any]) -> int:
+    """What `frames` hold, in bytes, wherever each one is (in memory, lent or shared)."""
+    return sum(f.size if isinstance(f, (SharedFrame, LentFrame)) else memoryview(f).nbytes for f in frames)
+
+
 def _large(frame: Any) -> bool:
     return not isinstance(frame, (SharedFrame, LentFrame)) and memoryview(frame).nbytes > SHARE_ABOVE
 

@@ -194,6 +194,7 @@ def run_task(task: tasks.RunTask, functions: FunctionCache, setup: SetupNamespac
         items = serialize.loads_frames(task.frames)
     except BaseException as error:
         return _failed(task, "load", 0, items, [], error)
+    nbytes = transport.frame_bytes(task.frames)
     start = time.perf_counter()
     try:
         if task.mode == "setup":
@@ -212,7 +213,8 @@ def run_task(task: tasks.RunTask, functions: FunctionCache, setup: SetupNamespac
             for offset, r in enumerate(results)
         ]
     try:
-        return tasks.TaskDone(task.task_id, None, seconds, serialize.dumps_frames(results))
+        frames = serialize.dumps_frames(results)
+        return tasks.TaskDone(task.task_id, None, seconds, frames, nbytes + transport.frame_bytes(frames))
     except BaseException as error:  # a result whose pickling raises, or even exits
         offset = _first_unsendable(results)
         return _failed(task, "result", offset, items, results[:offset], error)

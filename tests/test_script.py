@@ -203,3 +203,30 @@ def test_a_function_that_uses_parallel_itself_can_be_sent_again_and_again(tmp_pa
     assert notebook_pid not in {pid for _, pid in first + second}
     assert "captures 'handle' (nbparallel.background.MapHandle)" in refused
     assert "handle.result()" in refused
+
+
+def test_imap_over_large_results_holds_a_fixed_budget_not_hundreds_of_them(tmp_path):
+    """600 results of 4 MB consumed one at a time: the caller's memory grows by far less than
+    the 2.4 GB they add up to (chunk sizes follow the bytes results take)."""
+    out, _ = run_json(
+        """
+        import json, resource
+        import numpy as np
+        from nbparallel import parallel
+        parallel.configure(progress=False)
+
+        def make(n):
+            return np.full(2**19, n, dtype=np.float64)  # 4 MB
+        parallel.map(abs, range(4))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        total = 0.0
+        for array in parallel.imap(make, range(600)):
+            total += array[0]
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        print(json.dumps([total, grown]))
+        """,
+        tmp_path,
+    )
+    total, grown_mb = out
+    assert total == sum(range(600))
+    assert grown_mb < 250, f"the caller grew by {grown_mb:.0f} MB"
