@@ -25,7 +25,7 @@ from .errors import (
     WorkerDiedError,
 )
 from .options import Options
-from .tasks import report_progress as progress
+from .slots import report_progress as progress
 
 __all__ = [
     "NbParallelError",

@@ -1,6 +1,9 @@
-"""One call from start to end: check, serialize the function once, chunk the items, submit a
-bounded window of chunks, turn worker events into results (in input order, or as they finish)
-or into the user's own exception, and cancel what is left when the caller stops listening.
+"""One call from start to end, on one path for every kind of call.
+
+map/imap/starmap (`stream`), `submit` and every-worker setup (`run_setup`) all: check their
+input, serialize the function once (`serialize`), hand chunks to the backend through one
+`outcomes.Tracker`, and let it turn every worker event into results or the user's exception.
+`stream` adds a bounded window of chunks (`chunking`), input order, and the progress bar.
 """
 
 from __future__ import annotations
@@ -16,10 +19,19 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from . import chunking, errors, outcomes, serialize, tasks
+from . import captures, chunking, errors, execution, serialize, tasks
 from .backends import Backend
 from .options import Options
+from .outcomes import Tracker
 from .progressbar import Progress
+
+STOP = object()
+"""Put on a call's event queue (see `stream`), it stops the call as an interrupt would."""
+
+
+class CallStopped(Exception):
+    """Raised by a call's results after STOP arrived on its event queue."""
+
 
 def in_worker() -> bool:
     """True inside a worker: a nested call then runs serially instead of starting a pool."""
@@ -33,7 +45,7 @@ def check_function(func: object) -> None:
 
 def stream(
     get_backend: Callable[[], Backend], func: Callable[..., Any], items: Iterable[Any], options: Options,
-    mode: str = "map", ordered: bool = True,
+    kind: str = "map", ordered: bool = True,
     keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
     background: queue.SimpleQueue[Any] | None = None,
 ) -> Iterator[list[Any]]:
@@ -54,19 +66,22 @@ def stream(
         iterator = iter(items)
     except TypeError:
         raise errors.not_iterable(items) from None
-    if mode == "star":
+    if kind == "star":
         iterator = _checked_tuples(iterator)
     if in_worker():
-        call_item = tasks.item_caller(func, mode)
+        call_item = execution.item_caller(func, kind)
         return ([call_item(item)] for item in iterator)
-    chosen = get_backend()
+    backend = get_backend()
     events: queue.SimpleQueue[Any] = queue.SimpleQueue() if background is None else background
-    call = _call_factory(chosen, func, mode, options)(events.put, options.worker_count)
+    call = _new_call(backend, func, kind, options)(events.put, options.worker_count)
+    tracker = Tracker(backend, call, options.errors, options.retries)
     total = chunking.length_hint(items)
-    progress = _progress(chosen, call, total, options) if background is not None else None
+    progress = _progress(backend, call, total, options) if background is not None else None
+    sizer = chunking.ChunkSizer(total, options.worker_count, options.chunksize)
     # Star items go through their check; others as given, for `chunking.chunks` to slice if it can.
-    pieces = iterator if mode == "star" else items
-    return _run(chosen, call, pieces, total, options, ordered, keep_partial, events, progress)
+    pieces = chunking.chunks(iterator if kind == "star" else items, sizer)
+    return _run(tracker, events, lambda: progress or _progress(backend, call, total, options),
+                ordered, keep_partial, pieces, sizer)
 
 
 def collect(batches: Iterator[list[Any]], into: list[Any]) -> list[Any]:
@@ -86,6 +101,135 @@ def one_by_one(batches: Iterator[list[Any]]) -> Iterator[Any]:
             yield from batch
 
 
+def submit(
+    get_backend: Callable[[], Backend], func: Callable[..., Any], args: tuple[Any, ...],
+    kwargs: dict[str, Any], options: Options,
+) -> Future[Any]:
+    """Run `func(*args, **kwargs)` on a worker; a Future of its result (which raises the task's
+    exception, whatever the session's `errors` rule says: that rule is for maps)."""
+    check_function(func)
+    future: Future[Any] = Future()
+    if in_worker():
+        try:
+            future.set_result(func(*args, **kwargs))
+        except BaseException as error:
+            future.set_exception(error)
+        return future
+    backend = get_backend()
+    new_call = _new_call(backend, func, "apply", dataclasses.replace(options, errors="raise"))
+
+    def deliver(event: object) -> None:
+        try:
+            finished = tracker.accept(event)
+        except BaseException as error:
+            tracker.finish()
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+            return
+        if finished is not None:
+            tracker.finish()
+            if future.set_running_or_notify_cancel():
+                future.set_result(finished.results[0])
+
+    tracker = Tracker(backend, new_call(deliver, 1), "raise", options.retries)
+
+    def stop_if_cancelled(done: Future[Any]) -> None:
+        if done.cancelled():
+            tracker.cancel(stop_running=True)
+
+    future.add_done_callback(stop_if_cancelled)
+    tracker.send(tasks.Chunk(tasks.next_id(), 0, 1, [(args, kwargs)]))
+    return future
+
+
+def run_setup(get_backend: Callable[[], Backend], source: str, namespace: dict[str, Any], filename: str) -> int:
+    """Run `source` in every worker (and in each worker started later); how many ran it.
+
+    The code reads notebook variables from `namespace` (they are sent along, checked like a
+    function's captures); what it defines stays in the workers. Raises the first failure. Each
+    worker either answers or is seen to die at once (its socket closes), so this waits as long
+    as the slowest worker's setup code runs, and the Stop button stops it.
+    """
+    if in_worker():
+        raise errors.nested_setup()
+    code = compile(source, filename, "exec")
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    used = {name: namespace[name] for name in captures.global_names(code) if name in namespace}
+    carrier = types.FunctionType(code, {"__name__": "__main__", **used}, "every-worker cell")
+    carrier.__qualname__ = carrier.__name__
+    backend = get_backend()
+    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    tracker = Tracker(backend, _new_call(backend, carrier, "setup", Options())(events.put, 0), "raise", 0)
+    chunks = backend.run_on_every_worker(tracker.call, [used])
+    tracker.expect(chunks)
+    collections.deque(_run(tracker, events, lambda: Progress(None, False, carrier.__name__)), maxlen=0)
+    return len(chunks)
+
+
+def _run(
+    tracker: Tracker, events: queue.SimpleQueue[Any], make_progress: Callable[[], Progress],
+    ordered: bool = False, keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
+    pieces: Iterator[tuple[int, Any]] | None = None, sizer: chunking.ChunkSizer | None = None,
+) -> Iterator[list[Any]]:
+    """Send `pieces` as chunks, a window at a time, and yield each chunk's results as the tracker
+    reads them from `events` (in input order if `ordered`), until no chunk is left."""
+    __tracebackhide__ = True  # see Parallel.map
+    progress = make_progress()
+    order: collections.deque[int] = collections.deque()  # positions of chunks sent, not yielded
+    waiting: dict[int, list[Any]] = {}  # by position: finished, behind an earlier chunk
+    more = pieces is not None
+    ending = "failed"
+    try:
+        while True:
+            while more and sizer is not None and tracker.pending + len(waiting) < sizer.window:
+                piece = next(pieces, None)  # type: ignore[arg-type]
+                if piece is None:
+                    more = False
+                    break
+                position, items = piece
+                tracker.send(tasks.Chunk(tasks.next_id(), position, len(items), items))
+                order.append(position)
+            if not tracker.pending:
+                break
+            try:
+                event = events.get(timeout=progress.redraw_seconds)
+            except queue.Empty:
+                progress.redraw()
+                continue
+            if event is STOP:
+                raise CallStopped
+            finished = tracker.accept(event)
+            if finished is None:
+                continue
+            if sizer is not None:
+                sizer.observe(finished.chunk.size, finished.seconds, finished.nbytes)
+            progress.advance(finished.chunk.size, finished.failed)
+            if not ordered:
+                yield finished.results
+                continue
+            waiting[finished.chunk.position] = finished.results
+            while order and order[0] in waiting:
+                yield waiting.pop(order.popleft())
+        ending = "done"
+    except (KeyboardInterrupt, CallStopped):
+        ending = "stopped"
+        tracker.cancel(stop_running=True)
+        raise
+    except GeneratorExit:  # the caller stopped reading (left an imap loop): running tasks may end
+        ending = "stopped"
+        raise
+    finally:
+        if ending != "done":
+            tracker.cancel(stop_running=False)
+            unyielded = {
+                first + offset: result
+                for first, results in waiting.items() for offset, result in enumerate(results)
+            }
+            keep_partial({**unyielded, **tracker.failing_chunk})
+        tracker.finish()
+        progress.close(ending)
+
+
 def _progress(backend: Backend, call: tasks.Call, total: int | None, options: Options) -> Progress:
     return Progress(
         total, options.progress, call.name, running=lambda: backend.running_items(call),
@@ -93,8 +237,8 @@ def _progress(backend: Backend, call: tasks.Call, total: int | None, options: Op
     )
 
 
-def _call_factory(backend: Backend, func: Callable[..., Any], mode: str, options: Options,
-                  ) -> Callable[[Callable[[object], None], int], tasks.Call]:
+def _new_call(backend: Backend, func: Callable[..., Any], kind: str, options: Options,
+              ) -> Callable[[Callable[[object], None], int], tasks.Call]:
     """Serialize `func` once (if the backend copies it elsewhere); then make Calls of it.
 
     Raises:
@@ -107,9 +251,9 @@ def _call_factory(backend: Backend, func: Callable[..., Any], mode: str, options
 
     def new_call(deliver: Callable[[object], None], max_workers: int) -> tasks.Call:
         return tasks.Call(
-            call_id=tasks.next_id(), name=payload.name, func=func, function=payload.frames,
-            digest=payload.digest, mode=mode, max_workers=max_workers, deliver=deliver,
-            timeout=options.timeout, keep_going=options.errors != "raise",
+            call_id=tasks.next_id(), function=func, payload=payload, kind=kind,
+            max_workers=max_workers, deliver=deliver, timeout=options.timeout,
+            keep_going=options.errors != "raise",
         )
 
     return new_call
@@ -120,171 +264,3 @@ def _checked_tuples(items: Iterator[Any]) -> Iterator[Any]:
         if not isinstance(item, (tuple, list)):
             raise errors.not_a_tuple(position, item)
         yield item
-
-
-STOP = object()
-"""Put on a call's event queue (see `stream`), it stops the call as an interrupt would."""
-
-
-class CallStopped(Exception):
-    """Raised by a call's results after STOP arrived on its event queue."""
-
-
-def _run(
-    backend: Backend, call: tasks.Call, items: Iterable[Any], total: int | None, options: Options,
-    ordered: bool, keep_partial: Callable[[dict[int, Any]], None], events: queue.SimpleQueue[Any],
-    progress: Progress | None,
-) -> Iterator[list[Any]]:
-    __tracebackhide__ = True  # see Parallel.map
-    sizer = chunking.ChunkSizer(total, options.worker_count, options.chunksize)
-    pieces = chunking.chunks(items, sizer)
-    submitted: collections.OrderedDict[int, tasks.Chunk] = collections.OrderedDict()
-    finished: dict[int, list[Any]] = {}
-    failing_chunk: dict[int, Any] = {}  # by position: what the chunk that failed finished first
-    started = False
-    more = True
-    progress = progress or _progress(backend, call, total, options)
-    ending = "failed"
-    try:
-        while True:
-            while more and len(submitted) < sizer.window:
-                piece = next(pieces, None)
-                if piece is None:
-                    more = False
-                    break
-                position, chunk_items = piece
-                chunk = tasks.Chunk(tasks.next_id(), position, len(chunk_items), chunk_items)
-                backend.submit(call, chunk)
-                started = True
-                submitted[chunk.task_id] = chunk
-            if not submitted:
-                break
-            try:
-                event = events.get(timeout=progress.redraw_seconds)
-            except queue.Empty:
-                progress.redraw()
-                continue
-            if event is STOP:
-                raise CallStopped
-            chunk = submitted[event.task_id]
-            if isinstance(event, tasks.TaskLost):
-                if outcomes.recover(call, chunk, event, options.retries, options.errors):
-                    backend.submit(call, chunk)
-                    continue
-                event = None  # every item of the chunk has its outcome already
-            elif isinstance(event, tasks.TaskFailed):
-                failing_chunk = outcomes.finished_before_failure(call, chunk, event, options.errors)
-            else:
-                sizer.observe(chunk.size, getattr(event, "seconds", 0.0), getattr(event, "nbytes", 0))
-            results = outcomes.results(call, chunk, event, options.errors)
-            progress.advance(chunk.size, chunk.failed)
-            if not ordered:
-                del submitted[chunk.task_id]
-                yield results
-                continue
-            finished[chunk.task_id] = results
-            while submitted and next(iter(submitted)) in finished:
-                task_id, _ = submitted.popitem(last=False)
-                yield finished.pop(task_id)
-        ending = "done"
-    except (KeyboardInterrupt, CallStopped):
-        ending = "stopped"
-        if started:
-            backend.cancel(call, stop_running=True)
-        raise
-    except GeneratorExit:  # the caller stopped reading (left an imap loop): running tasks may end
-        ending = "stopped"
-        raise
-    finally:
-        if ending != "done":
-            if started and not call.closed:
-                backend.cancel(call, stop_running=False)
-            keep_partial({
-                **{
-                    position: result
-                    for task_id, results in finished.items()
-                    for position, result in enumerate(results, submitted[task_id].position)
-                },
-                **failing_chunk,
-            })
-        call.closed = True
-        progress.close(ending)
-
-
-def submit(
-    get_backend: Callable[[], Backend], func: Callable[..., Any], args: tuple[Any, ...],
-    kwargs: dict[str, Any], options: Options,
-) -> Future[Any]:
-    """Run `func(*args, **kwargs)` on a worker; a Future of its result."""
-    check_function(func)
-    future: Future[Any] = Future()
-    if in_worker():
-        try:
-            future.set_result(func(*args, **kwargs))
-        except BaseException as error:
-            future.set_exception(error)
-        return future
-    backend = get_backend()
-    # A future's result() raises the task's exception, whatever the session's `errors` says.
-    new_call = _call_factory(backend, func, "apply", dataclasses.replace(options, errors="raise"))
-    chunk = tasks.Chunk(tasks.next_id(), 0, 1, [(args, kwargs)])
-
-    def deliver(event: object) -> None:
-        if future.cancelled():
-            return
-        try:
-            if isinstance(event, tasks.TaskLost):
-                if outcomes.recover(call, chunk, event, options.retries, "raise"):
-                    backend.submit(call, chunk)
-                    return
-            result = outcomes.results(call, chunk, event, "raise")[0]
-        except BaseException as error:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(error)
-            return
-        if future.set_running_or_notify_cancel():
-            future.set_result(result)
-
-    call = new_call(deliver, 1)
-
-    def stop_if_cancelled(done: Future[Any]) -> None:
-        if done.cancelled():
-            backend.cancel(call, stop_running=True)
-
-    future.add_done_callback(stop_if_cancelled)
-    backend.submit(call, chunk)
-    return future
-
-
-def run_setup(get_backend: Callable[[], Backend], source: str, namespace: dict[str, Any], filename: str) -> int:
-    """Run `source` in every worker (and in each worker started later); how many ran it.
-
-    The code reads notebook variables from `namespace` (they are sent along, checked like a
-    function's captures); what it defines stays in the workers. Raises the first failure.
-    """
-    if in_worker():
-        raise errors.nested_setup()
-    code = compile(source, filename, "exec")
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    used = {name: namespace[name] for name in serialize.global_names(code) if name in namespace}
-    carrier = types.FunctionType(code, {"__name__": "__main__", **used}, "every-worker cell")
-    carrier.__qualname__ = carrier.__name__
-    backend = get_backend()
-    events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    call = _call_factory(backend, carrier, "setup", Options())(events.put, 0)
-    count = backend.run_on_every_worker(call, [used])
-    try:
-        for _ in range(count):
-            event = events.get()
-            if isinstance(event, tasks.TaskLost):  # its own cause (a restart...) if it has one
-                raise event.error or errors.worker_died(event.pid, event.returncode, None, None)
-            outcomes.results(call, tasks.Chunk(event.task_id, 0, 1, [used]), event, "raise")
-    except KeyboardInterrupt:
-        backend.cancel(call, stop_running=True)
-        raise
-    except BaseException:
-        backend.cancel(call, stop_running=False)
-        raise
-    finally:
-        call.closed = True
-    return count

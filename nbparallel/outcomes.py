@@ -1,20 +1,25 @@
 """What a worker's answer means for the caller: a chunk's results, or the user's own exception.
 
-Also what to do when a worker is lost mid-chunk (it died, or ran over the timeout): run the chunk
+`Tracker` is the one consumer of a call's worker events. Also what to do when a worker is lost
+mid-chunk (it died, or ran over the timeout): run the chunk
 again (`retries`), fail the call, or (with errors="return"/"skip") take the item it was running
 out of the chunk and run the rest again.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
-from . import errors, serialize, tasks
+from . import errors, messages, serialize, tasks
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 _SKIPPED = object()  # stands for an item left out with errors="skip"
 
 
-def rebuild(call: tasks.Call, position: int, failure: tasks.Failure, stage: str = "raised") -> BaseException:
+def rebuild(call: tasks.Call, position: int, failure: messages.Failure, stage: str = "raised") -> BaseException:
     """The exception a worker reported, as the user's own type, with the remote traceback as cause."""
     live = isinstance(failure.error, BaseException)  # from a thread: it has its own traceback
     remote = errors.RemoteTraceback(f'\n"""\n{failure.traceback}"""')
@@ -29,7 +34,7 @@ def rebuild(call: tasks.Call, position: int, failure: tasks.Failure, stage: str 
         built = errors.missing_module(call.name, error.name)
     else:
         built = error
-        if hasattr(built, "add_note") and call.mode != "setup":
+        if hasattr(built, "add_note") and call.kind != "setup":
             note = errors.load_note(failure.pid) if stage == "load" else errors.item_note(
                 position, failure.item, failure.pid
             )
@@ -39,14 +44,13 @@ def rebuild(call: tasks.Call, position: int, failure: tasks.Failure, stage: str 
     return built
 
 
-def lost(call: tasks.Call, chunk: tasks.Chunk, event: tasks.TaskLost) -> BaseException:
+def lost(call: tasks.Call, chunk: tasks.Chunk, event: messages.TaskLost) -> BaseException:
     """The error for a chunk whose worker died or was stopped, naming the item it was running."""
     if event.error is not None:
         return event.error
     position = item = None
-    if event.offset is not None:
-        offsets = chunk.offsets or range(chunk.size)
-        position = chunk.position + offsets[event.offset]
+    if event.offset is not None and call.kind != "setup":
+        position = chunk.position + chunk.original_offset(event.offset)
         item = errors.short_repr(chunk.items[event.offset])
     if event.timed_out:
         assert call.timeout is not None
@@ -54,37 +58,40 @@ def lost(call: tasks.Call, chunk: tasks.Chunk, event: tasks.TaskLost) -> BaseExc
     return errors.worker_died(event.pid, event.returncode, position, item)
 
 
-def recover(call: tasks.Call, chunk: tasks.Chunk, event: tasks.TaskLost, retries: int, mode: str) -> bool:
-    """After a lost worker: prepare `chunk` to be submitted again, or raise.
-
-    Returns True if the chunk must be submitted again, False if nothing of it is left to run.
-    """
+def recover(call: tasks.Call, chunk: tasks.Chunk, event: messages.TaskLost, retries: int,
+            on_error: str) -> tasks.Chunk | None:
+    """After a lost worker: the chunk to run again (a new task), None if nothing of it is left to
+    run (every item has its outcome), or raise the call's error."""
     error = lost(call, chunk, event)
     if event.error is not None:
         raise error
     if chunk.attempts < retries:
-        chunk.attempts += 1
-        return True
-    if mode == "raise" or event.offset is None:
+        return dataclasses.replace(chunk, task_id=tasks.next_id(), attempts=chunk.attempts + 1)
+    if on_error == "raise" or event.offset is None:
         raise error
+    # errors="return"/"skip": the item it died on gets its outcome; the rest run again.
+    offsets = list(chunk.offsets or range(chunk.size))
     items = list(chunk.items)
-    offsets = chunk.offsets or list(range(chunk.size))
-    chunk.holes[offsets[event.offset]] = error if mode == "return" else _SKIPPED
+    holes = {**chunk.holes, offsets[event.offset]: error if on_error == "return" else _SKIPPED}
     del items[event.offset], offsets[event.offset]
-    chunk.items, chunk.offsets, chunk.attempts = items, offsets, 0
-    return bool(items)
+    if not items:
+        return dataclasses.replace(chunk, items=[], offsets=(), holes=holes)
+    return dataclasses.replace(chunk, task_id=tasks.next_id(), items=items, offsets=tuple(offsets),
+                               holes=holes, attempts=0)
 
 
-def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None, mode: str) -> list[Any]:
-    """The chunk's results in item order (None for `event`: nothing was left to run).
+def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None,
+            on_error: str) -> tuple[list[Any], int]:
+    """The chunk's results in item order, and how many of its items failed (None for `event`:
+    nothing was left to run).
 
     Raises:
         The user's exception (or ours, for a result that cannot be sent), with errors="raise".
     """
-    if isinstance(event, tasks.TaskFailed):
-        raise rebuild(call, chunk.position + _original(chunk, event.offset), event.failure, event.stage)
+    if isinstance(event, messages.TaskFailed):
+        raise rebuild(call, chunk.position + chunk.original_offset(event.offset), event.failure, event.stage)
     ran: list[Any] = []
-    if isinstance(event, tasks.TaskDone):
+    if isinstance(event, messages.TaskDone):
         ran = event.results if event.results is not None else _loaded(call, chunk, event.frames or [])
     if chunk.offsets is not None:
         merged: list[Any] = [None] * chunk.size
@@ -93,21 +100,21 @@ def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None, mode: st
         for offset, hole in chunk.holes.items():
             merged[offset] = hole
         ran = merged
-    chunk.failed = len(chunk.holes)
+    failed = len(chunk.holes)
     if not call.keep_going:
-        return ran
+        return ran, failed
     kept = []
     for offset, result in enumerate(ran):
-        if isinstance(result, tasks.Failure):
-            chunk.failed += 1
-            result = _SKIPPED if mode == "skip" else rebuild(call, chunk.position + offset, result)
+        if isinstance(result, messages.Failure):
+            failed += 1
+            result = _SKIPPED if on_error == "skip" else rebuild(call, chunk.position + offset, result)
         if result is not _SKIPPED:
             kept.append(result)
-    return kept
+    return kept, failed
 
 
-def finished_before_failure(call: tasks.Call, chunk: tasks.Chunk, event: tasks.TaskFailed,
-                            mode: str) -> dict[int, Any]:
+def finished_before_failure(call: tasks.Call, chunk: tasks.Chunk, event: messages.TaskFailed,
+                            on_error: str) -> dict[int, Any]:
     """Results of the items a failing chunk finished before the failure, by input position
     (kept for `partial_results`); empty if they cannot be rebuilt here."""
     try:
@@ -116,9 +123,9 @@ def finished_before_failure(call: tasks.Call, chunk: tasks.Chunk, event: tasks.T
         return {}
     finished = {}
     for offset, result in enumerate(ran):
-        position = chunk.position + _original(chunk, offset)
-        if isinstance(result, tasks.Failure):
-            if mode == "skip":
+        position = chunk.position + chunk.original_offset(offset)
+        if isinstance(result, messages.Failure):
+            if on_error == "skip":
                 continue
             result = rebuild(call, position, result)
         finished[position] = result
@@ -132,5 +139,72 @@ def _loaded(call: tasks.Call, chunk: tasks.Chunk, frames: list[Any]) -> list[Any
         raise errors.unloadable_results(call.name, chunk.position, chunk.size, error) from error
 
 
-def _original(chunk: tasks.Chunk, offset: int) -> int:
-    return chunk.offsets[offset] if chunk.offsets is not None and offset < len(chunk.offsets) else offset
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """A chunk whose every item has its outcome."""
+
+    chunk: tasks.Chunk
+    results: list[Any]  # in item order (without skipped items)
+    failed: int  # items whose outcome is an error
+    seconds: float  # how long the worker ran it
+    nbytes: int  # what its items and results took serialized
+
+
+class Tracker:
+    """A call's chunks in flight, and the one place where a worker's event about one of them
+    becomes results, the user's exception, or the chunk sent again: map, imap, submit and
+    every-worker setup alike. It alone closes the call.
+
+    Events come from one thread at a time (the caller's loop, or the backend's for submit).
+    """
+
+    def __init__(self, backend: Backend, call: tasks.Call, on_error: str, retries: int) -> None:
+        self.call = call
+        self._backend = backend
+        self._on_error, self._retries = on_error, retries
+        self._chunks: dict[int, tasks.Chunk] = {}  # by task id: sent, outcome not in yet
+        self.failing_chunk: dict[int, Any] = {}  # by position: what a failed chunk finished first
+
+    @property
+    def pending(self) -> int:
+        return len(self._chunks)
+
+    def send(self, chunk: tasks.Chunk) -> None:
+        self._chunks[chunk.task_id] = chunk
+        self._backend.submit(self.call, chunk)
+
+    def expect(self, chunks: list[tasks.Chunk]) -> None:
+        """Chunks the backend sent itself (every-worker setup)."""
+        self._chunks.update((chunk.task_id, chunk) for chunk in chunks)
+
+    def accept(self, event: Any) -> Finished | None:
+        """What `event` means: a finished chunk, or None (its chunk was sent again, or it is
+        about a task not tracked here: a setup replayed on a worker started since).
+
+        Raises:
+            The call's error, as the errors rule says: the user's own exception, or ours.
+        """
+        chunk = self._chunks.pop(event.task_id, None)
+        if chunk is None:
+            return None
+        if isinstance(event, messages.TaskLost):
+            again = recover(self.call, chunk, event, self._retries, self._on_error)
+            if again is not None and again.items:
+                self.send(again)
+                return None
+            chunk, event = again or chunk, None  # every item has its outcome already
+        elif isinstance(event, messages.TaskFailed):
+            self.failing_chunk = finished_before_failure(self.call, chunk, event, self._on_error)
+        values, failed = results(self.call, chunk, event, self._on_error)
+        return Finished(chunk, values, failed, getattr(event, "seconds", 0.0), getattr(event, "nbytes", 0))
+
+    def cancel(self, stop_running: bool) -> None:
+        """Stop listening; the backend drops the call's queued chunks (and with `stop_running`,
+        stops those running at once)."""
+        if not self.call.closed:
+            self.call.closed = True
+            self._backend.cancel(self.call, stop_running)
+
+    def finish(self) -> None:
+        """Every chunk has its outcome: events that still come are dropped."""
+        self.call.closed = True

@@ -41,8 +41,9 @@ class Backend(Protocol):
     def running_items(self, call: tasks.Call) -> float:
         """How many items' worth of the call's running tasks is done (for the progress bar)."""
 
-    def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
-        """Run a setup task on every worker now and on each one started later; how many got it."""
+    def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> list[tasks.Chunk]:
+        """Run a setup task on every worker now and on each one started later; the chunks sent
+        now (their events arrive through `call.deliver`)."""
 
     def restart(self) -> None:
         """Replace every worker with a fresh one; setup tasks are replayed."""

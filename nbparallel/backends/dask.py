@@ -4,7 +4,7 @@
 `address="tcp://scheduler:8786"` or `address=<distributed.Client>` uses an existing cluster
 (nbparallel must be installed on its workers). Functions and items are serialized exactly as for
 the process pool, and a worker runs a task with the very code a pool worker uses
-(`worker.run_task`): same caching of functions, same errors, same every-worker setup. A call's
+(`execution.run_task`): same caching of functions, same errors, same every-worker setup. A call's
 function is scattered to the cluster once, not sent with every task.
 """
 
@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from .. import errors, serialize, tasks, worker
+from .. import errors, execution, messages, serialize, slots, tasks
 from . import WorkerStatus
 from .dask_cluster import LocalCluster
 
@@ -29,8 +29,8 @@ except ImportError as missing:
 _START_SECONDS = 120
 
 # In a dask worker process: the functions it holds and what every-worker cells defined there.
-_functions = worker.FunctionCache()
-_setup = worker.SetupNamespace()
+_functions = execution.FunctionCache()
+_setup = execution.SetupNamespace()
 _functions_lock = threading.Lock()
 
 
@@ -43,7 +43,7 @@ class _ReportingSlot(list):
     within that time is sent when it is up, so the last word of a long item is never lost."""
 
     def __init__(self, task_id: int, topic: str, key: str) -> None:
-        super().__init__(tasks.local_slot(task_id))
+        super().__init__(slots.local_slot(task_id))
         self._worker = distributed.get_worker()  # here, in the task's thread, where it is known
         self._topic, self._key = topic, key
         self._next = 0.0
@@ -51,7 +51,7 @@ class _ReportingSlot(list):
 
     def __setitem__(self, index: Any, value: Any) -> None:
         super().__setitem__(index, value)
-        if index not in (tasks.SLOT_ITEM, tasks.SLOT_PART_ITEM) or self._timer is not None:
+        if index not in (slots.ITEM, slots.PART_ITEM) or self._timer is not None:
             return
         wait = self._next - time.monotonic()
         if wait <= 0:
@@ -64,10 +64,10 @@ class _ReportingSlot(list):
     def _send(self) -> None:
         self._timer = None
         self._next = time.monotonic() + PROGRESS_SECONDS
-        self._worker.log_event(self._topic, [self._key, tasks.running_items(self, self[tasks.SLOT_TASK])])
+        self._worker.log_event(self._topic, [self._key, slots.running_items(self, self[slots.TASK])])
 
 
-def run_on_dask_worker(function: list[bytes], task: tasks.RunTask, topic: str) -> tuple[object, str, str]:
+def run_on_dask_worker(function: list[bytes], task: messages.RunTask, topic: str) -> tuple[object, str, str]:
     """Run one task in a dask worker: its message, and what it printed (stdout, stderr).
 
     How far it is goes to the client as events on `topic`."""
@@ -77,8 +77,8 @@ def run_on_dask_worker(function: list[bytes], task: tasks.RunTask, topic: str) -
     out, err = io.StringIO(), io.StringIO()
     slot = _ReportingSlot(task.task_id, topic, _key(task.call_id, task.task_id))
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        message = worker.run_task(task, _functions, _setup, slot)
-    if isinstance(message, tasks.TaskDone) and message.frames is not None:
+        message = execution.run_task(task, _functions, _setup, slot)
+    if isinstance(message, messages.TaskDone) and message.frames is not None:
         message.frames = _as_bytes(message.frames)
     return message, out.getvalue(), err.getvalue()
 
@@ -149,15 +149,16 @@ class DaskBackend:
             return sum(self._running.get(key, 0.0) for key in keys)
 
     def submit(self, call: tasks.Call, chunk: tasks.Chunk) -> None:
-        chunk.data = serialize.dump_chunk(chunk.items, chunk.position)
+        frames = serialize.dump_chunk(chunk.items, chunk.position)
         client = self._connect()
+        digest = call.payload.digest
         with self._lock:
-            function = self._scattered.get(call.digest)
+            function = self._scattered.get(digest)
             if function is None:
-                function = self._scattered[call.digest] = client.scatter(_as_bytes(call.function), broadcast=False)
-        message = tasks.RunTask(
-            chunk.task_id, call.call_id, call.digest, call.mode, call.keep_going,
-            _as_bytes(chunk.data),  # dask serializes the message itself
+                function = self._scattered[digest] = client.scatter(_as_bytes(call.payload.frames), broadcast=False)
+        message = messages.RunTask(
+            chunk.task_id, call.call_id, digest, call.kind, call.keep_going,
+            _as_bytes(frames),  # dask serializes the message itself
         )
         future = client.submit(run_on_dask_worker, function, message, self._topic, pure=False,
                                key=_key(call.call_id, chunk.task_id))
@@ -180,7 +181,7 @@ class DaskBackend:
             message, out, err = future.result()
         except Exception as error:  # the task's worker died, or the cluster lost it
             lost = errors.dask_task_lost(call.name, chunk.position, chunk.size, error)
-            call.deliver(tasks.TaskLost(chunk.task_id, 0, None, None, error=lost))
+            call.deliver(messages.TaskLost(chunk.task_id, 0, None, None, error=lost))
             return
         for stream, text in (("stdout", out), ("stderr", err)):
             if text:
@@ -189,7 +190,6 @@ class DaskBackend:
 
     def cancel(self, call: tasks.Call, stop_running: bool) -> None:
         """Cancel the call's futures on the cluster at once; the cluster stays usable."""
-        call.closed = True
         with self._lock:
             futures = self._futures.pop(call.call_id, [])
         with self._running_lock:
@@ -198,20 +198,22 @@ class DaskBackend:
         if futures and self._client is not None:
             self._client.cancel(futures)
 
-    def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
+    def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> list[tasks.Chunk]:
+        """A WorkerPlugin: dask runs it on every worker now, and on each worker that joins."""
         client = self._connect()
         self._setups += 1
-        plugin = EveryWorkerCell(_as_bytes(call.function), serialize.dumps(items))
+        plugin = EveryWorkerCell(_as_bytes(call.payload.frames), serialize.dumps(items))
         replies = client.register_plugin(plugin, name=f"nbparallel-setup-{self._setups}")
-        for reply in replies.values():
+        chunks = [tasks.Chunk(tasks.next_id(), 0, 1, items) for _ in replies]
+        for chunk, reply in zip(chunks, replies.values()):
             if reply.get("status") == "OK":
-                call.deliver(tasks.TaskDone(0, [None], 0.0))
+                call.deliver(messages.TaskDone(chunk.task_id, [None], 0.0))
             else:
                 error = reply.get("exception") or RuntimeError(str(reply))
-                failure = tasks.Failure(error, f"{type(error).__name__}: {error}",
-                                        str(reply.get("text") or reply.get("traceback") or ""), "", 0)
-                call.deliver(tasks.TaskFailed(0, 0, [], "raised", failure))
-        return len(replies)
+                failure = messages.Failure(error, f"{type(error).__name__}: {error}",
+                                           str(reply.get("text") or reply.get("traceback") or ""), "", 0)
+                call.deliver(messages.TaskFailed(chunk.task_id, 0, [], "raised", failure))
+        return chunks
 
     def restart(self) -> None:
         if self._client is not None:

@@ -33,15 +33,16 @@ import sys
 import tempfile
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
 from multiprocess.connection import Connection, Pipe, wait
 
-from .. import crossmemory, errors, lifecycle, serialize, tasks, transport
+from .. import crossmemory, errors, lifecycle, messages, serialize, slots, tasks, transport
+from ..execution import FunctionCache
 from . import WorkerStatus
-from ..worker import FunctionCache
 
 # A worker whose last task took less than this gets its next task queued behind the running one,
 # so it never idles for a round trip. Slower workers get one task at a time: a task queued
@@ -60,20 +61,23 @@ _BOOT = (
 )
 
 
+_Task = tuple[tasks.Call, tasks.Chunk, list[Any]]  # a chunk, and its items serialized
+
+
 @dataclasses.dataclass(eq=False)
 class _Worker:
     process: subprocess.Popen[bytes]
     conn: Connection
     create_time: float
     slot: memoryview  # see tasks.SLOT_*: which task and item the worker is running
-    inflight: collections.deque[tuple[tasks.Call, tasks.Chunk]] = dataclasses.field(
+    inflight: collections.deque[_Task] = dataclasses.field(
         default_factory=collections.deque
     )
     functions: FunctionCache = dataclasses.field(default_factory=FunctionCache)
     tasks_done: int = 0
     fast_call_id: int = 0  # the call whose last task on this worker was short, if any
     # For timeouts: the (task, item) last seen running, and since when.
-    watched: tuple[int, int] = (0, tasks.NOT_STARTED)
+    watched: tuple[int, int] = (0, slots.NOT_STARTED)
     watched_since: float = 0.0
     timed_out: bool = False
     retiring: bool = False  # takes no new tasks; stops once idle
@@ -81,7 +85,7 @@ class _Worker:
 
     def serves(self, call: tasks.Call) -> bool:
         """True if a task of `call` runs or waits on this worker."""
-        return any(c is call for c, _ in self.inflight)
+        return any(task[0] is call for task in self.inflight)
 
     def has_room(self) -> bool:
         if self.retiring:
@@ -112,8 +116,8 @@ def launch_worker() -> _Worker:
     """Start one worker interpreter connected to this process by a socket pair."""
     ours, theirs = socket.socketpair()
     with ours, theirs, tempfile.TemporaryFile() as slot_file, _sigint_blocked():
-        slot_file.truncate(tasks.SLOT_BYTES)
-        slot = memoryview(mmap.mmap(slot_file.fileno(), tasks.SLOT_BYTES)).cast("q")
+        slot_file.truncate(slots.BYTES)
+        slot = memoryview(mmap.mmap(slot_file.fileno(), slots.BYTES)).cast("q")
         process = subprocess.Popen(
             [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(slot_file.fileno())],
             pass_fds=[theirs.fileno(), slot_file.fileno()],
@@ -141,13 +145,15 @@ class ProcessPool:
         self._max_memory = max_worker_memory
         self._lock = threading.Lock()
         self._workers: dict[Connection, _Worker] = {}
-        self._pending: collections.deque[tuple[tasks.Call, tasks.Chunk]] = collections.deque()
+        self._pending: collections.deque[_Task] = collections.deque()
         self._wake_reader, self._wake_writer = Pipe(duplex=False)
         self._woken = False
         self._dispatcher: threading.Thread | None = None
         self._closed = False
         self._forget_kernel_hook: Callable[[], None] = lambda: None
         self._setups: list[tuple[tasks.Call, list[Any]]] = []  # replayed on every new worker
+        # The call's function as sent to workers, its large frames shared once per call.
+        self._shared_functions: weakref.WeakKeyDictionary[tasks.Call, list[Any]] = weakref.WeakKeyDictionary()
         # Large items stay in this process, and each worker copies those it runs (in parallel,
         # no copy here); off where workers cannot read this process's memory, or said so.
         self._lending = crossmemory.children_can_read()
@@ -165,11 +171,11 @@ class ProcessPool:
             UnsendableError: an item cannot be serialized (before anything is queued or started).
         """
         frames = serialize.dump_chunk(chunk.items, chunk.position)
-        chunk.data = transport.lend_large(frames) if self._lending else transport.share_large(frames)
-        _share_function(call)
+        frames = transport.lend_large(frames) if self._lending else transport.share_large(frames)
+        self._share_function(call)
         with self._lock:
             self._start()
-            self._pending.append((call, chunk))
+            self._pending.append((call, chunk, frames))
             self._assign()  # from this thread: a free worker gets it without a hop to the dispatcher
             if self._pending or call.timeout is not None:
                 self._wake()  # to assign it later, or to watch its items' time
@@ -181,7 +187,6 @@ class ProcessPool:
         the only way to stop a task at once, whatever it is doing.
         """
         with self._lock:
-            call.closed = True
             self._setups = [(c, items) for c, items in self._setups if c is not call]
             self._pending = collections.deque(entry for entry in self._pending if entry[0] is not call)
             for worker in self._workers.values():
@@ -190,28 +195,26 @@ class ProcessPool:
                 if stop_running and worker.inflight[0][0] is call:
                     worker.process.kill()
                 else:
-                    self._send(worker, tasks.CancelCall(call.call_id))
+                    self._send(worker, messages.CancelCall(call.call_id))
 
     def running_items(self, call: tasks.Call) -> float:
         """Read from the workers' slots: the items they finished, and parts they reported."""
         with self._lock:
             running = [(w.slot, w.inflight[0][1].task_id) for w in self._workers.values()
                        if w.inflight and w.inflight[0][0] is call]
-        return sum(tasks.running_items(slot, task_id) for slot, task_id in running)
+        return sum(slots.running_items(slot, task_id) for slot, task_id in running)
 
-    def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
+    def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> list[tasks.Chunk]:
         """Run a setup task on every worker now, and first thing on every worker started later.
 
-        Returns how many workers got it: that many events arrive through `call.deliver`.
+        Returns the chunks sent now: their events arrive through `call.deliver`.
         """
-        _share_function(call)
+        self._share_function(call)
         with self._lock:
             self._start()
             self._setups.append((call, items))
             workers = [w for w in self._workers.values() if not w.retiring]
-            for worker in workers:
-                self._send_now(worker, call, items)
-            return len(workers)
+            return [self._send_now(worker, call, items) for worker in workers]
 
     def restart(self) -> None:
         """Replace every worker with a fresh one (setup tasks are replayed); running tasks fail.
@@ -226,7 +229,7 @@ class ProcessPool:
         for worker, entry in zip(old, running):
             _reap(worker)
             if entry is not None and not entry[0].closed:
-                entry[0].deliver(tasks.TaskLost(entry[1].task_id, worker.pid, None, None, error=errors.pool_restarted()))
+                entry[0].deliver(messages.TaskLost(entry[1].task_id, worker.pid, None, None, error=errors.pool_restarted()))
 
     def set_limits(self, max_tasks_per_worker: int | None, max_worker_memory: int | None) -> None:
         """Recycle a worker after this many tasks, or when it grows past this many bytes."""
@@ -277,8 +280,8 @@ class ProcessPool:
                 worker.conn.close()  # EOF: the worker exits by itself
             self._record()
             self._wake()
-        for call, chunk in lost:
-            call.deliver(tasks.TaskLost(chunk.task_id, 0, None, None, error=errors.pool_shut_down()))
+        for call, chunk, _ in lost:
+            call.deliver(messages.TaskLost(chunk.task_id, 0, None, None, error=errors.pool_shut_down()))
         for worker in workers:
             _reap(worker)
         if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
@@ -326,7 +329,7 @@ class ProcessPool:
         for worker in self._workers.values():
             if worker.retiring and not worker.inflight and not worker.stopping:
                 worker.stopping = True  # it exits; the dispatcher sees EOF and reaps it
-                self._send(worker, tasks.StopWorker())
+                self._send(worker, messages.StopWorker())
                 stopping.append(worker)
         return stopping
 
@@ -367,7 +370,7 @@ class ProcessPool:
             timeout = worker.inflight[0][0].timeout if worker.inflight else None
             if timeout is None or worker.timed_out:
                 continue
-            running = (worker.slot[tasks.SLOT_TASK], worker.slot[tasks.SLOT_ITEM])
+            running = (worker.slot[slots.TASK], worker.slot[slots.ITEM])
             if running != worker.watched:
                 worker.watched, worker.watched_since = running, now
             elif now - worker.watched_since > timeout and running[0] == worker.inflight[0][1].task_id:
@@ -377,29 +380,36 @@ class ProcessPool:
     def _assign(self) -> None:
         """Send pending chunks, oldest first, to workers with room (least loaded first)."""
         while self._pending:
-            call, chunk = self._pending[0]
+            call, chunk, frames = self._pending[0]
             worker = self._free_worker(call)
             if worker is None:
                 return
             self._pending.popleft()
-            self._send_task(worker, call, chunk)
+            self._send_task(worker, call, chunk, frames)
 
-    def _send_now(self, worker: _Worker, call: tasks.Call, items: list[Any]) -> None:
+    def _send_now(self, worker: _Worker, call: tasks.Call, items: list[Any]) -> tasks.Chunk:
         """Send a task of `call` to this very worker, ahead of anything assigned later."""
         chunk = tasks.Chunk(tasks.next_id(), 0, 1, items)
-        chunk.data = serialize.dump_chunk(items, 0)
-        self._send_task(worker, call, chunk)
+        self._send_task(worker, call, chunk, serialize.dump_chunk(items, 0))
+        return chunk
 
-    def _send_task(self, worker: _Worker, call: tasks.Call, chunk: tasks.Chunk) -> None:
+    def _send_task(self, worker: _Worker, call: tasks.Call, chunk: tasks.Chunk, frames: list[Any]) -> None:
         if not self._lending:
-            chunk.data = transport.share_instead(chunk.data)
-        worker.inflight.append((call, chunk))
-        function = (call.shared_function or []) if call.digest not in worker.functions else []
-        worker.functions.touch(call.digest)
-        self._send(worker, tasks.RunTask(
-            chunk.task_id, call.call_id, call.digest, call.mode, call.keep_going,
-            [*function, *chunk.data], len(function),
+            frames = transport.share_instead(frames)
+        worker.inflight.append((call, chunk, frames))
+        digest = call.payload.digest
+        function = self._shared_functions.get(call, []) if digest not in worker.functions else []
+        worker.functions.touch(digest)
+        self._send(worker, messages.RunTask(
+            chunk.task_id, call.call_id, digest, call.kind, call.keep_going,
+            [*function, *frames], len(function),
         ))
+
+    def _share_function(self, call: tasks.Call) -> None:
+        """Put the call's large function frames (arrays it captures) in shared files, once per call."""
+        with self._lock:
+            if call not in self._shared_functions:
+                self._shared_functions[call] = transport.share_large(call.payload.frames)
 
     def _free_worker(self, call: tasks.Call) -> _Worker | None:
         serving = sum(w.serves(call) for w in self._workers.values())
@@ -431,15 +441,15 @@ class ProcessPool:
             worker = self._workers.get(conn)
             if worker is None or not worker.inflight:
                 return
-            call, chunk = worker.inflight[0]
-            if isinstance(message, tasks.ItemsUnreadable):
+            call, chunk, frames = worker.inflight[0]
+            if isinstance(message, messages.ItemsUnreadable):
                 self._lending = False
                 worker.inflight.popleft()
                 if not call.closed:
-                    self._pending.appendleft((call, chunk))
+                    self._pending.appendleft((call, chunk, frames))
                     self._assign()
                 return
-            if isinstance(message, tasks.Output):
+            if isinstance(message, messages.Output):
                 deliver = None
             else:
                 worker.inflight.popleft()
@@ -447,7 +457,7 @@ class ProcessPool:
                 # Never behind a task with lent items: the worker would copy the next items
                 # while it runs, and hold two tasks' data.
                 short = (getattr(message, "seconds", _PREFETCH_BELOW_SECONDS) < _PREFETCH_BELOW_SECONDS
-                         and not transport.lends(chunk.data))
+                         and not transport.lends(frames))
                 worker.fast_call_id = call.call_id if short else 0
                 if not worker.retiring and self._worn_out(worker):
                     worker.retiring = True
@@ -457,24 +467,24 @@ class ProcessPool:
                 deliver = call.deliver
         if call.closed:
             return
-        if isinstance(message, tasks.Output):
+        if isinstance(message, messages.Output):
             call.write_output(message.stream, message.text)
         elif deliver is not None:
             deliver(message)
 
-    def _forget(self, worker: _Worker) -> tuple[tasks.Call, tasks.Chunk] | None:
+    def _forget(self, worker: _Worker) -> _Task | None:
         """Take a dead (or killed) worker out of the pool, replace it, requeue what it had not
         started; returns the task it was running, if any. Called with the lock held."""
         del self._workers[worker.conn]  # its EOF, when the dispatcher sees it, is then ignored
         running = worker.inflight[0] if worker.inflight else None
-        if running is not None and running[0].mode == "setup":
+        if running is not None and running[0].kind == "setup":
             # A setup task that kills its worker would kill every replacement too.
             self._setups = [(c, items) for c, items in self._setups if c is not running[0]]
         if not self._closed:
             self._fill()
             queued = [
-                (call, chunk) for call, chunk in list(worker.inflight)[1:]
-                if call.mode != "setup" and not call.closed  # setups are replayed anyway
+                task for task in list(worker.inflight)[1:]
+                if task[0].kind != "setup" and not task[0].closed  # setups are replayed anyway
             ]
             self._pending.extendleft(reversed(queued))
             self._wake()
@@ -489,18 +499,12 @@ class ProcessPool:
             running = self._forget(worker)
         returncode = _reap(worker)
         if running is not None and not running[0].closed:
-            call, chunk = running
-            offset = worker.slot[tasks.SLOT_ITEM] if worker.slot[tasks.SLOT_TASK] == chunk.task_id else None
-            call.deliver(tasks.TaskLost(
+            call, chunk, _ = running
+            offset = worker.slot[slots.ITEM] if worker.slot[slots.TASK] == chunk.task_id else None
+            call.deliver(messages.TaskLost(
                 chunk.task_id, worker.pid, returncode,
-                offset if offset != tasks.NOT_STARTED else None, worker.timed_out,
+                offset if offset != slots.NOT_STARTED else None, worker.timed_out,
             ))
-
-
-def _share_function(call: tasks.Call) -> None:
-    """Put the call's large function frames (arrays it captures) in shared files, once per call."""
-    if call.shared_function is None:
-        call.shared_function = transport.share_large(call.function)
 
 
 def _reap(worker: _Worker) -> int | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from .. import errors, tasks, worker
+from .. import errors, execution, messages, slots, tasks
 from . import WorkerStatus
 
 
@@ -37,7 +37,7 @@ class ThreadPool:
         self._done: dict[int, int] = {}
         # What `%%parallel --every-worker` cells defined: threads share one process, so such a
         # cell runs once, and its names are offered to every later task.
-        self._setup = worker.SetupNamespace()
+        self._setup = execution.SetupNamespace()
         self._with_setup: weakref.WeakKeyDictionary[types.FunctionType, tuple[int, types.FunctionType]] = (
             weakref.WeakKeyDictionary()
         )
@@ -53,20 +53,21 @@ class ThreadPool:
 
     def cancel(self, call: tasks.Call, stop_running: bool) -> None:
         """Queued chunks of the call are dropped; running ones stop before their next item."""
-        call.closed = True
         with self._lock:
             for running_call, slot in self._running.values():
                 if running_call is call:
-                    slot[tasks.SLOT_CANCELLED] = call.call_id
+                    slot[slots.CANCELLED] = call.call_id
 
     def running_items(self, call: tasks.Call) -> float:
         with self._lock:
-            slots = [slot for running_call, slot in self._running.values() if running_call is call]
-        return sum(tasks.running_items(slot, slot[tasks.SLOT_TASK]) for slot in slots)
+            running = [slot for running_call, slot in self._running.values() if running_call is call]
+        return sum(slots.running_items(slot, slot[slots.TASK]) for slot in running)
 
-    def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> int:
-        self.submit(call, tasks.Chunk(tasks.next_id(), 0, 1, items))
-        return 1
+    def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> list[tasks.Chunk]:
+        """Threads share one process: the setup runs once, for all of them."""
+        chunk = tasks.Chunk(tasks.next_id(), 0, 1, items)
+        self.submit(call, chunk)
+        return [chunk]
 
     def restart(self) -> None:
         """Threads hold no state of their own to refresh: nothing to do."""
@@ -94,13 +95,24 @@ class ThreadPool:
             ]
 
     def shutdown(self) -> None:
-        """Stop the threads once their current items end (a running item cannot be stopped)."""
+        """Stop the threads once their current items end (a running item cannot be stopped);
+        queued chunks fail with "the pool was shut down"."""
         with self._lock:
             threads = list(self._threads)
             self._size = 0
+            lost = [(call, slot[slots.TASK]) for call, slot in self._running.values()]
             for call, slot in self._running.values():
-                call.closed = True
-                slot[tasks.SLOT_CANCELLED] = call.call_id
+                slot[slots.CANCELLED] = call.call_id
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                lost.append((job[0], job[1].task_id))
+        for call, task_id in lost:
+            if not call.closed:
+                call.deliver(messages.TaskLost(task_id, 0, None, None, error=errors.pool_shut_down()))
         for _ in threads:
             self._jobs.put(None)
 
@@ -125,7 +137,7 @@ class ThreadPool:
             call, chunk = job
             if call.closed:
                 continue
-            slot = tasks.local_slot(chunk.task_id)
+            slot = slots.local_slot(chunk.task_id)
             with self._lock:
                 self._running[me] = (call, slot)
             try:
@@ -140,24 +152,24 @@ class ThreadPool:
     def _run(self, call: tasks.Call, chunk: tasks.Chunk, slot: list[int]) -> object:
         started = time.perf_counter()
         try:
-            if call.mode == "setup":
-                results = tasks.run_chunk(
-                    lambda values: self._run_setup(call.func, values), chunk.items, "map", call.call_id, slot, False
+            if call.kind == "setup":
+                results = execution.run_chunk(
+                    lambda values: self._run_setup(call.function, values), chunk.items, "map", call.call_id, slot, False
                 )
             else:
-                func = self._offer_setup(call.func)
-                results = tasks.run_chunk(func, chunk.items, call.mode, call.call_id, slot, call.keep_going)
-        except tasks.ItemFailed as failed:
-            return tasks.TaskFailed(
+                func = self._offer_setup(call.function)
+                results = execution.run_chunk(func, chunk.items, call.kind, call.call_id, slot, call.keep_going)
+        except execution.ItemFailed as failed:
+            return messages.TaskFailed(
                 chunk.task_id, failed.offset, failed.results, "raised",
                 _failure(failed.error, chunk.items[failed.offset]),
             )
         if call.keep_going:
             results = [
-                _failure(r.error, chunk.items[offset]) if isinstance(r, tasks.Raised) else r
+                _failure(r.error, chunk.items[offset]) if isinstance(r, execution.Raised) else r
                 for offset, r in enumerate(results)
             ]
-        return tasks.TaskDone(chunk.task_id, results, time.perf_counter() - started)
+        return messages.TaskDone(chunk.task_id, results, time.perf_counter() - started)
 
     def _run_setup(self, cell: Any, notebook_values: dict[str, Any]) -> None:
         with self._lock:
@@ -176,8 +188,8 @@ class ThreadPool:
             return copy
 
 
-def _failure(error: BaseException, item: Any) -> tasks.Failure:
-    return tasks.Failure(
-        error=error, detail=f"{type(error).__name__}: {error}", traceback=tasks.format_traceback(error),
+def _failure(error: BaseException, item: Any) -> messages.Failure:
+    return messages.Failure(
+        error=error, detail=f"{type(error).__name__}: {error}", traceback=execution.format_traceback(error),
         item=errors.short_repr(item), pid=os.getpid(),
     )

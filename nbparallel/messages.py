@@ -1,0 +1,94 @@
+"""The messages between the pool and its workers: small data-only classes.
+
+Parent to worker: `RunTask`, `CancelCall`, `StopWorker`. Worker to parent: `Ready`, `TaskDone`,
+`TaskFailed`, `ItemsUnreadable`, `Output`; `TaskLost` is made by a backend when a worker is gone.
+Payloads inside are already-serialized bytes, so the pool itself never runs user code (no user
+object is unpickled on its dispatcher thread). How they cross the socket is `transport`'s job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(slots=True)
+class RunTask:
+    task_id: int
+    call_id: int
+    digest: bytes
+    kind: str  # how items are passed: see tasks.Call.kind
+    keep_going: bool
+    # The serialized items (see transport.send_message); first, when the worker does not hold
+    # the function with this digest yet, the function's frames: `function_frames` of them.
+    frames: list[Any]
+    function_frames: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class CancelCall:
+    call_id: int
+
+
+@dataclasses.dataclass(slots=True)
+class StopWorker:
+    """Exit once the tasks before this message are done (the pool is shrinking)."""
+
+
+@dataclasses.dataclass(slots=True)
+class TaskDone:
+    task_id: int
+    results: list[Any] | None  # the results themselves, from a thread
+    seconds: float
+    frames: list[Any] | None = None  # or serialized, from a worker process (see send_message)
+    nbytes: int = 0  # what the chunk's items and results took serialized (for chunk sizing)
+
+
+@dataclasses.dataclass(slots=True)
+class Failure:
+    """An exception raised in a worker, as it travels back (also a result, with keep_going)."""
+
+    error: bytes | BaseException | None  # pickled (None if it cannot be rebuilt), or itself from a thread
+    detail: str  # "Type: message", for when it cannot
+    traceback: str
+    item: str  # a short repr of the item it was raised on
+    pid: int
+
+
+@dataclasses.dataclass(slots=True)
+class ItemsUnreadable:
+    """The worker could not copy the task's lent items out of the pool's memory (see transport);
+    it ran nothing, and the pool sends the task again with its items shared instead."""
+
+    task_id: int
+    reason: str
+
+
+@dataclasses.dataclass(slots=True)
+class TaskFailed:
+    """A task stopped at `offset` within its chunk; `results` holds the items before it."""
+
+    task_id: int
+    offset: int
+    results: bytes | list[Any]
+    stage: str  # "raised" (the function raised), "result" (unsendable result), "load"
+    failure: Failure
+
+
+@dataclasses.dataclass(slots=True)
+class TaskLost:
+    """The worker running the task died (or was stopped for running over the timeout)."""
+
+    task_id: int
+    pid: int
+    returncode: int | None
+    offset: int | None  # of the item it was running, None if it had not started one
+    timed_out: bool = False
+    error: BaseException | None = None  # set when the pool itself gave up (it was shut down)
+
+
+@dataclasses.dataclass(slots=True)
+class Output:
+    task_id: int
+    stream: str  # "stdout" or "stderr"
+    text: str
