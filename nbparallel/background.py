@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
-from . import calls
+from . import calls, errors
+
+CANCEL_SECONDS = 10.0  # how long cancel() waits for the call to stop
 
 
 class MapHandle:
@@ -73,11 +75,17 @@ class MapHandle:
 
         Returns False if it had ended already. Results finished before stopping are in
         `parallel.partial_results()`.
+
+        Raises:
+            NbParallelError: the call did not stop within CANCEL_SECONDS (it is waiting for its
+                input's next item, which nbparallel cannot interrupt).
         """
         if self._future.done():
             return False
         self._events.put(calls.STOP)
-        self._thread.join()
+        self._thread.join(CANCEL_SECONDS)
+        if self._thread.is_alive():  # it reads no events: stuck in the input's own next()
+            raise errors.cancel_unanswered(self.name, CANCEL_SECONDS)
         self._cancelled = isinstance(self._future.exception(), CancelledError)
         return self._cancelled
 

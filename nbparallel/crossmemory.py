@@ -6,7 +6,7 @@ the workers, in parallel, each of only the items it runs. Linux lets a process r
 memory when it could trace it: same user, and under Yama's ptrace_scope 1 (Ubuntu's default)
 only when the reader descends from a process the target named with PR_SET_PTRACER, as crash
 reporters do: the pool names itself, so its own descendants may read it and no other process
-gains anything. Elsewhere (not Linux, a stricter Yama scope, a seccomp filter), `children_can_read`
+gains anything. Elsewhere (not Linux, a stricter Yama scope, a seccomp filter), `allow_children_to_read`
 is False and large items go through shared files instead (see transport).
 """
 
@@ -44,9 +44,10 @@ _PR_SET_PTRACER = 0x59616D61  # "Yama", from linux/prctl.h
 
 
 @functools.cache
-def children_can_read() -> bool:
-    """True if this process's children can be expected to read its memory: the system call is
-    there and allowed (a seccomp filter may forbid it), and Yama, if present, lets them.
+def allow_children_to_read() -> bool:
+    """Let this process's children read its memory where the system allows it (under Yama scope
+    1, this process names itself their ptracer); True if they can be expected to: the system
+    call is there and allowed (a seccomp filter may forbid it), and Yama, if present, lets them.
     A worker that is refused anyway says so, and the pool stops lending (see ProcessPool)."""
     if _process_vm_readv() is None or not _yama_lets_children_read():
         return False

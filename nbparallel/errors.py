@@ -262,3 +262,11 @@ def pool_restarted() -> NbParallelError:
 
 def pool_shut_down() -> NbParallelError:
     return NbParallelError("the pool was shut down while this call was running.")
+
+
+def cancel_unanswered(name: str, seconds: float) -> NbParallelError:
+    return NbParallelError(
+        f"map_async of {name} did not stop within {seconds:.0f} s of cancel(): it is waiting for "
+        "the next item of its input (a generator that blocks?), which cannot be interrupted. It "
+        "stops as soon as that item arrives; make the input finite or non-blocking to cancel at once."
+    )

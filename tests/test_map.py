@@ -297,7 +297,7 @@ def counting_shared_files(monkeypatch) -> list[int]:
     return created
 
 
-@pytest.mark.skipif(not crossmemory.children_can_read(), reason="workers cannot read this process's memory here")
+@pytest.mark.skipif(not crossmemory.allow_children_to_read(), reason="workers cannot read this process's memory here")
 def test_big_items_are_copied_by_their_worker_straight_from_the_notebooks_memory(session, monkeypatch):
     """Large items are neither copied here nor put in shared memory: the worker that runs them
     copies them out of this process, and frees them when its task ends."""
@@ -314,7 +314,7 @@ def test_big_items_are_copied_by_their_worker_straight_from_the_notebooks_memory
     assert all(growth < 12 * 2**20 for growth in grown.values()), grown  # an item kept: 24 MB
 
 
-@pytest.mark.skipif(not crossmemory.children_can_read(), reason="workers cannot read this process's memory here")
+@pytest.mark.skipif(not crossmemory.allow_children_to_read(), reason="workers cannot read this process's memory here")
 def test_a_worker_refused_reading_the_notebooks_memory_gets_big_items_through_shared_memory(session, monkeypatch):
     """Where the kernel forbids a worker to read the notebook's memory (an AppArmor rule, say),
     the pool shares the items instead, for this call and the next: slower, never broken."""
@@ -342,13 +342,13 @@ def yama_scope(tmp_path, monkeypatch):
         path = tmp_path / "ptrace_scope"
         path.write_text(scope + "\n")
         monkeypatch.setattr(crossmemory, "YAMA_SCOPE", str(path))
-        crossmemory.children_can_read.cache_clear()
+        crossmemory.allow_children_to_read.cache_clear()
 
     yield set_scope
-    crossmemory.children_can_read.cache_clear()  # the next caller reads the real scope again
+    crossmemory.allow_children_to_read.cache_clear()  # the next caller reads the real scope again
 
 
-@pytest.mark.skipif(not crossmemory.children_can_read(), reason="workers cannot read this process's memory here")
+@pytest.mark.skipif(not crossmemory.allow_children_to_read(), reason="workers cannot read this process's memory here")
 @pytest.mark.parametrize("scope", ["0", "1", "2", "3"])
 def test_workers_read_the_notebooks_memory_only_where_yama_lets_them(yama_scope, scope):
     """Scope 0: they may. Scope 1 (Ubuntu): once the pool has named itself the process whose
@@ -356,7 +356,7 @@ def test_workers_read_the_notebooks_memory_only_where_yama_lets_them(yama_scope,
     yama_scope(scope)
     has_yama = os.path.exists("/proc/sys/kernel/yama")
     expected = {"0": True, "1": has_yama, "2": False, "3": False}[scope]
-    assert crossmemory.children_can_read() is expected
+    assert crossmemory.allow_children_to_read() is expected
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -383,7 +383,7 @@ def test_a_big_array_goes_through_the_socket_when_shared_memory_is_refused(sessi
     def refused() -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(crossmemory, "children_can_read", lambda: False)  # items shared, not lent
+    monkeypatch.setattr(crossmemory, "allow_children_to_read", lambda: False)  # items shared, not lent
     monkeypatch.setattr(transport, "_anonymous_file", refused)
     block = numpy.arange(2_000_000, dtype=numpy.float64)  # 16 MB: above the sharing threshold
     assert session.map(lambda b: float(b[-1]), [block]) == [1_999_999.0]

@@ -13,7 +13,10 @@ import time
 import psutil
 import pytest
 
+from concurrent.futures import CancelledError
+
 from nbparallel import (
+    NbParallelError,
     ResultError,
     TaskExitError,
     TaskTimeoutError,
@@ -218,6 +221,27 @@ def test_a_restart_during_every_worker_setup_is_reported_as_a_restart(session):
     setup.join(30)
     assert outcome and "the pool was restarted" in str(outcome[0]), outcome
     assert not isinstance(outcome[0], WorkerDiedError)
+
+
+def test_cancel_of_a_call_stuck_in_its_inputs_next_says_so_within_its_deadline(monkeypatch):
+    """A generator that blocks cannot be interrupted: cancel() says so instead of hanging."""
+    from nbparallel import background
+
+    monkeypatch.setattr(background, "CANCEL_SECONDS", 0.5)
+    release = threading.Event()
+
+    def blocking_input():
+        yield 1
+        release.wait(30)
+        yield 2
+
+    handle = parallel.map_async(abs, blocking_input(), chunksize=1)
+    wait_until(lambda: parallel.status().workers)
+    with pytest.raises(NbParallelError, match="waiting for the next item of its input"):
+        handle.cancel()
+    release.set()
+    with pytest.raises(CancelledError):
+        handle.result(timeout=30)
 
 
 # --- memory and recycling -------------------------------------------------------------------

@@ -156,7 +156,7 @@ class ProcessPool:
         self._shared_functions: weakref.WeakKeyDictionary[tasks.Call, list[Any]] = weakref.WeakKeyDictionary()
         # Large items stay in this process, and each worker copies those it runs (in parallel,
         # no copy here); off where workers cannot read this process's memory, or said so.
-        self._lending = crossmemory.children_can_read()
+        self._lending = crossmemory.allow_children_to_read()
 
     # --- called from the caller's thread ------------------------------------------------
 
