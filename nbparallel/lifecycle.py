@@ -3,9 +3,9 @@ workers whose owner died, and the hook that stops a pool when its kernel is aske
 
 Each worker exits by itself when its owner dies (EOF on its socket, see `worker.py`); this record
 is the backstop for a worker that cannot notice (stuck in C code that holds the GIL). Processes
-are named by pid *and* creation time, so a pid the system has since reused is never touched. The
-record lives in a folder only we can write (see `privatefolder.py`): anyone who could write a
-record could have us kill any of our processes.
+are named by pid *and* creation time, so a pid the system has since reused is never touched, and
+only processes of our own user are ever killed. The record lives in a folder only we can write
+(see `privatefolder.py`): anyone who could write a record could have us kill any of our processes.
 """
 
 from __future__ import annotations
@@ -92,15 +92,30 @@ def reap_orphans() -> int:
                 continue  # being written, or not a record of ours
             if is_running(owner):
                 continue
-            for worker in workers:
-                if is_running(worker):
-                    try:
-                        psutil.Process(worker[0]).kill()
-                        killed += 1
-                    except psutil.Error:
-                        pass
+            killed += sum(kill_if_ours(worker) for worker in workers)
             folder.remove(name)
     return killed
+
+
+def kill_if_ours(process: Process) -> bool:
+    """Kill `process` if it still runs (same pid, same creation time) as our user; True if so."""
+    pid, created = process
+    try:
+        found = psutil.Process(pid)
+        if found.create_time() != created or found.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if not _same_user(found):
+            return False  # a record can be wrong; another user's process is never ours to stop
+        found.kill()
+        return True
+    except psutil.Error:
+        return False
+
+
+def _same_user(process: psutil.Process) -> bool:
+    if hasattr(os, "getuid"):
+        return bool(process.uids().real == os.getuid())
+    return bool(process.username() == psutil.Process().username())
 
 
 def stop_with_kernel(stop: Callable[[], None]) -> Callable[[], None]:

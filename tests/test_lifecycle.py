@@ -1,6 +1,6 @@
 """The worker record cannot be turned against us: the sweep kills only what our own private
-folder and our own records list; records are never written through a link. The attacks by
-another local user run as root, with a throwaway user as the attacker."""
+folder and our own records list, and only our own processes; records are never written through a
+link. The attacks by another local user run as root, with a throwaway user as the attacker."""
 
 from __future__ import annotations
 
@@ -256,3 +256,17 @@ def test_a_record_another_user_owns_is_never_trusted_even_in_our_folder(
     os.chown(planted, other_user[1], other_user[2])
     assert lifecycle.reap_orphans() == 0
     assert our_process.poll() is None
+
+
+def test_the_sweep_never_kills_another_users_process_even_when_our_record_lists_it(
+        other_user, private_folder):
+    theirs = subprocess.Popen(["sleep", "120"], user=other_user[1], group=other_user[2],
+                              extra_groups=[], cwd="/")
+    try:
+        plant_record(private_folder / "ours.json", [lifecycle.identify(theirs.pid)])
+        assert lifecycle.reap_orphans() == 0
+        assert theirs.poll() is None
+        assert not (private_folder / "ours.json").exists()  # the record itself was handled
+    finally:
+        theirs.kill()
+        theirs.wait(10)
