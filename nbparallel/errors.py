@@ -58,6 +58,10 @@ class TaskExitError(NbParallelError, RuntimeError):
     """A task raised SystemExit (or another exit-like exception) in its worker."""
 
 
+class UnsafeFolderWarning(UserWarning):
+    """The folder of worker records could be written by someone else: nbparallel does not use it."""
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker, chained as its `__cause__`."""
 
@@ -270,3 +274,11 @@ def cancel_unanswered(name: str, seconds: float) -> NbParallelError:
         "the next item of its input (a generator that blocks?), which cannot be interrupted. It "
         "stops as soon as that item arrives; make the input finite or non-blocking to cancel at once."
     )
+
+
+def unsafe_record_folder(path: str, problem: str) -> str:
+    return (f"nbparallel: not using {path!r} for its worker records: it {problem}. Whoever can "
+            "write there can make nbparallel stop any of your processes, so workers left behind "
+            "by a dead kernel are not stopped while this lasts. Set NBPARALLEL_STATE_DIR to a "
+            "folder only you can write to, or remove this one (ask an administrator if it is "
+            "not yours).")

@@ -3,7 +3,9 @@ workers whose owner died, and the hook that stops a pool when its kernel is aske
 
 Each worker exits by itself when its owner dies (EOF on its socket, see `worker.py`); this record
 is the backstop for a worker that cannot notice (stuck in C code that holds the GIL). Processes
-are named by pid *and* creation time, so a pid the system has since reused is never touched.
+are named by pid *and* creation time, so a pid the system has since reused is never touched, and
+only processes of our own user are ever killed. The record lives in a folder only we can write
+(see `privatefolder.py`): anyone who could write a record could have us kill any of our processes.
 """
 
 from __future__ import annotations
@@ -11,20 +13,22 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
+from . import privatefolder
+
 Process = tuple[int, float]  # (pid, creation time)
 
 
 def state_dir() -> Path:
-    """Where owners record their workers (NBPARALLEL_STATE_DIR overrides, e.g. for tests)."""
-    default = Path(tempfile.gettempdir()) / f"nbparallel-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    return Path(os.environ.get("NBPARALLEL_STATE_DIR") or default)
+    """Where owners record their workers: the user's runtime folder, else the temp folder
+    (NBPARALLEL_STATE_DIR overrides, e.g. for tests). Either is used only if it is private."""
+    override = os.environ.get("NBPARALLEL_STATE_DIR")
+    return Path(override) if override else privatefolder.default_location()
 
 
 def identify(pid: int) -> Process | None:
@@ -49,14 +53,15 @@ def record_workers(pool: object, workers: list[Process]) -> None:
         everyone = [worker for pool_workers in _workers_by_pool.values() for worker in pool_workers]
         owner = identify(os.getpid())
         pid, created = owner or (os.getpid(), 0.0)
-        path = state_dir() / f"{pid}-{created:.3f}.json"
-        if not everyone:
-            path.unlink(missing_ok=True)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"owner": owner, "workers": everyone}))
-        os.replace(temporary, path)
+        name = f"{pid}-{created:.3f}.json"
+        folder = privatefolder.open_folder(state_dir(), create=bool(everyone))
+        if folder is None:
+            return  # nothing recorded yet, or a folder we cannot trust (the user was warned)
+        with folder:
+            if everyone:
+                folder.write(name, json.dumps({"owner": owner, "workers": everyone}).encode())
+            else:
+                folder.remove(name)
 
 
 def is_running(process: Process) -> bool:
@@ -71,28 +76,46 @@ def is_running(process: Process) -> bool:
 
 def reap_orphans() -> int:
     """Kill workers recorded by owners that are gone; returns how many were still running."""
+    folder = privatefolder.open_folder(state_dir(), create=False)
+    if folder is None:
+        return 0  # no records, or a folder we cannot trust (the user was warned)
     killed = 0
-    directory = state_dir()
-    if not directory.is_dir():
-        return 0
-    for path in directory.glob("*.json"):
-        try:
-            record = json.loads(path.read_text())
-            owner = (int(record["owner"][0]), float(record["owner"][1]))
-            workers = [(int(pid), float(created)) for pid, created in record["workers"]]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # being written, or not ours
-        if is_running(owner):
-            continue
-        for worker in workers:
-            if is_running(worker):
-                try:
-                    psutil.Process(worker[0]).kill()
-                    killed += 1
-                except psutil.Error:
-                    pass
-        path.unlink(missing_ok=True)
+    with folder:
+        for name in folder.names():
+            if not name.endswith(".json"):
+                continue
+            try:
+                record = json.loads(folder.read(name) or b"")
+                owner = (int(record["owner"][0]), float(record["owner"][1]))
+                workers = [(int(pid), float(created)) for pid, created in record["workers"]]
+            except (ValueError, KeyError, TypeError, IndexError):
+                continue  # being written, or not a record of ours
+            if is_running(owner):
+                continue
+            killed += sum(kill_if_ours(worker) for worker in workers)
+            folder.remove(name)
     return killed
+
+
+def kill_if_ours(process: Process) -> bool:
+    """Kill `process` if it still runs (same pid, same creation time) as our user; True if so."""
+    pid, created = process
+    try:
+        found = psutil.Process(pid)
+        if found.create_time() != created or found.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if not _same_user(found):
+            return False  # a record can be wrong; another user's process is never ours to stop
+        found.kill()
+        return True
+    except psutil.Error:
+        return False
+
+
+def _same_user(process: psutil.Process) -> bool:
+    if hasattr(os, "getuid"):
+        return bool(process.uids().real == os.getuid())
+    return bool(process.username() == psutil.Process().username())
 
 
 def stop_with_kernel(stop: Callable[[], None]) -> Callable[[], None]:
