@@ -260,3 +260,11 @@ def pool_restarted() -> NbParallelError:
 
 def pool_shut_down() -> NbParallelError:
     return NbParallelError("the pool was shut down while this call was running.")
+
+
+def launcher_stuck(seconds: float) -> NbParallelError:
+    return NbParallelError(
+        f"could not start a worker process: the nbparallel-launcher thread did not answer within "
+        f"{seconds:.0f} s (is the system out of memory or of processes?). Try the call again, or "
+        "restart the kernel."
+    )
