@@ -12,7 +12,8 @@ import time
 import psutil
 import pytest
 
-from nbparallel import lifecycle
+from nbparallel import lifecycle, parallel
+from nbparallel.backends import launcher
 
 from .conftest import wait_until
 from .kernel import Kernel
@@ -333,8 +334,16 @@ def test_interrupt_while_workers_boot_does_not_kill_them(kernel):
     assert alive(booting) == booting
 
 
-def test_loading_the_extension_stops_workers_left_by_dead_kernels(kernel, tmp_path):
-    """Only processes whose pid *and* creation time match the record are stopped."""
+@pytest.mark.parametrize("trigger, says", [
+    ("%load_ext nbparallel", "stopped 1 worker process left behind by a kernel that is gone"),
+    ("from nbparallel import parallel\nparallel.map(abs, [1], progress=False)", ""),
+], ids=["load-ext", "pool-start"])
+def test_extension_load_or_pool_start_stops_workers_left_by_dead_kernels(kernel, trigger, says):
+    """Only processes whose pid *and* creation time match the record of a dead owner are
+    stopped: not a reused pid, not the workers of a live pool in another process."""
+    parallel.map(abs, range(4), progress=False)  # a live pool of this process, and its record
+    launcher.run(lambda: None)  # after its own sweep, before the dead owner's record is written
+    live_pool = {lifecycle.identify(w.pid) for w in parallel.status().workers}
     python = [sys.executable, "-c", "import time; time.sleep(120)"]
     owner = subprocess.Popen(python)
     orphan = subprocess.Popen(python)
@@ -348,10 +357,11 @@ def test_loading_the_extension_stops_workers_left_by_dead_kernels(kernel, tmp_pa
         record = {"owner": owner_id, "workers": [orphan_id, (bystander_id[0], bystander_id[1] - 1000.0)]}
         lifecycle.state_dir().mkdir(parents=True, exist_ok=True)
         (lifecycle.state_dir() / "dead-owner.json").write_text(json.dumps(record))
-        reply = kernel.ok("%load_ext nbparallel")
-        assert "stopped 1 worker process left behind by a kernel that is gone" in reply.stdout
+        assert says in kernel.ok(trigger).stdout
+        kernel.ok("from nbparallel.backends import launcher\nlauncher.run(lambda: None)")  # swept
         assert orphan.wait(5) == -signal.SIGKILL
         assert bystander.poll() is None  # same pid, other creation time: never touched
+        assert live_pool and alive(live_pool) == live_pool
         assert not (lifecycle.state_dir() / "dead-owner.json").exists()
     finally:
         for process in (orphan, bystander):

@@ -16,7 +16,7 @@ The socket doubles as the worker's lifeline: it exits on EOF, i.e. when this pro
 Linux it also asks to be killed when this process dies, for a task that holds the GIL in C code
 (see `launcher`, which starts every worker). Workers stay in the kernel's process group, so
 Jupyter's restart (killpg) reaches them too; the pool stops itself first when the kernel is asked
-to exit (see `lifecycle.stop_with_kernel`).
+to exit (see `lifecycle.stop_with_kernel`). Starting a pool also stops the workers of dead owners.
 """
 
 from __future__ import annotations
@@ -285,6 +285,10 @@ class ProcessPool:
         self._dispatcher = threading.Thread(target=self._dispatch_forever, name="nbparallel-dispatcher", daemon=True)
         self._dispatcher.start()
         self._forget_kernel_hook = lifecycle.stop_with_kernel(self.shutdown)
+        # Workers a dead owner left behind (stuck in C code where no parent-death signal exists)
+        # stop when any pool starts, not only on %load_ext. After this pool's workers are
+        # started and off this pool's lock: the sweep's psutil calls delay nothing.
+        launcher.run_later(lifecycle.reap_orphans)
 
     def _fill(self) -> None:
         while sum(not w.retiring for w in self._workers.values()) < self._size:
