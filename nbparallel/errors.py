@@ -282,3 +282,11 @@ def unsafe_record_folder(path: str, problem: str) -> str:
             "by a dead kernel are not stopped while this lasts. Set NBPARALLEL_STATE_DIR to a "
             "folder only you can write to, or remove this one (ask an administrator if it is "
             "not yours).")
+
+
+def launcher_stuck(seconds: float) -> NbParallelError:
+    return NbParallelError(
+        f"could not start a worker process: the nbparallel-launcher thread did not answer within "
+        f"{seconds:.0f} s (is the system out of memory or of processes?). Try the call again, or "
+        "restart the kernel."
+    )

@@ -6,11 +6,14 @@ re-import of the user's script), with one socket to the pool. Two threads:
   exits the process (`os._exit`) when the socket reaches EOF: the pool's process has died,
   however it died (restart, crash, SIGKILL), since only that process holds the other end;
 - the main thread runs tasks in order and sends results, printed output on the way.
+A task that holds the GIL in C code keeps the reader from running; on Linux the worker has asked
+to be killed when the pool's process dies (`die_with_parent`), so it does not outlive it even then.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import mmap
 import os
 import pickle
@@ -25,6 +28,7 @@ from multiprocess.connection import Connection
 from . import execution, messages, serialize, slots, transport
 
 _CANCELLED_REMEMBERED = 64
+_PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 
 
 class _Sender:
@@ -90,8 +94,24 @@ def _read_forever(conn: Connection, inbox: queue.SimpleQueue[Any], cancelled: co
     os._exit(0)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent, `parent_pid`, dies (0: do not ask).
+
+    Linux sends the signal when the parent *thread* that started this process ends: the pool
+    starts every worker from a thread that lives as long as its process (`backends.launcher`).
+    """
+    if not parent_pid:
+        return
+    # ctypes is imported anyway (crossmemory): this costs microseconds. If prctl fails (a
+    # seccomp filter), the socket lifeline remains.
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before we asked, so no signal will come
+        os._exit(0)
+
+
 def main() -> None:
-    """Entry point of a worker process: `python -c ... <socket fd> <slot fd>`."""
+    """Entry point of a worker process: `python -c ... <socket fd> <slot fd> <parent pid or 0>`."""
+    die_with_parent(int(sys.argv[3]))
     # The kernel's interrupt (SIGINT to its whole process group) is for the kernel: the pool
     # decides which tasks to stop, and stops their workers itself. (The boot line ignores it
     # already; this keeps `main` right however it is started.)

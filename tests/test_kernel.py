@@ -12,7 +12,8 @@ import time
 import psutil
 import pytest
 
-from nbparallel import lifecycle
+from nbparallel import lifecycle, parallel
+from nbparallel.backends import launcher
 
 from .conftest import wait_until
 from .kernel import Kernel
@@ -171,13 +172,15 @@ import os, time
 from pathlib import Path
 from nbparallel import parallel
 marks = Path({directory!r})
-def slow(n, chatty=False):
+def slow(n, busy="busy"):
     (marks / f"start-{{n}}-{{time.time():.3f}}").touch()
     if n < {fast}:
         return n
+    if busy == "holding-the-gil":
+        return sum(range(10**12))  # one C call of hours that never lets another thread run
     end = time.time() + 120
     while time.time() < end:   # a busy task: burns CPU until stopped
-        if chatty:
+        if busy == "printing":
             print("still working on", n)
     return n
 """
@@ -204,16 +207,16 @@ def end_kernel(kernel, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["restart-now", "restart-graceful", "shutdown", "sigkill"])
-@pytest.mark.parametrize("busy", ["idle", "busy", "printing"])
+@pytest.mark.parametrize("busy", ["idle", "busy", "printing", "holding-the-gil"])
 def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, busy):
-    """Idle, busy, or busy printing (output must not keep a worker alive)."""
+    """Idle, busy, busy printing (output must not keep a worker alive), or stuck in one C call
+    that holds the GIL (the worker's reader thread never runs, so it cannot see the EOF)."""
     kernel.ok(START_MARKERS.format(directory=str(tmp_path), fast=0))
     kernel.ok("parallel.map(abs, range(4), progress=False)")
     workers = kernel.workers()
     assert len(workers) == 2
     if busy != "idle":
-        chatty = busy == "printing"
-        kernel.send(f"parallel.map(lambda n: slow(n, {chatty}), range(50), chunksize=1, progress=False)")
+        kernel.send(f"parallel.map(lambda n: slow(n, {busy!r}), range(50), chunksize=1, progress=False)")
         wait_until(lambda: len(started(tmp_path)) >= 2)
     gone_at = time.time()
     end_kernel(kernel, how)
@@ -221,6 +224,35 @@ def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, 
     if busy != "idle":
         # No queued task of the dead kernel's map started after the kernel went.
         assert max(started(tmp_path).values()) < gone_at + 0.5
+
+
+STARTERS = {  # the pool starts, so its workers are started, on a thread that then ends
+    "map_async": "handle = parallel.map_async(where, range(8), chunksize=1)\n"
+                 "pids = set(handle.result(30))\nstarter = handle._thread",
+    "a thread of the user's": "pids = set()\nstarter = threading.Thread(target=lambda: "
+                              "pids.update(parallel.map(where, range(8), chunksize=1)))\n"
+                              "starter.start()\nstarter.join(30)",
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sees the thread end in /proc")
+@pytest.mark.parametrize("starter", list(STARTERS))
+def test_workers_live_on_when_the_thread_that_started_them_ends(kernel, starter):
+    """Linux sends the parent-death signal when the *thread* that started a process ends: the
+    workers must die with the kernel, not with whichever of its threads started them."""
+    kernel.ok("import os, threading, time\nfrom nbparallel import parallel\n"
+              "parallel.configure(workers=2, progress=False)\ndef where(_):\n"
+              "    time.sleep(0.05)  # long enough for both workers to take tasks\n    return os.getpid()")
+    kernel.ok(STARTERS[starter])
+    # join() returns a moment before the thread is gone, and the signal is sent once it is.
+    kernel.ok("deadline = time.monotonic() + 10\n"
+              "while os.path.exists(f'/proc/self/task/{starter.native_id}'):\n"
+              "    assert time.monotonic() < deadline, 'the thread did not end'\n    time.sleep(0.01)")
+    started_there = set(kernel.value("sorted(pids)"))
+    workers = kernel.workers()
+    assert len(started_there) == 2 and {pid for pid, _ in workers} == started_there
+    assert set(kernel.value("parallel.map(where, range(8), chunksize=1)")) == started_there
+    assert alive(workers) == workers
 
 
 @pytest.mark.parametrize("how", ["shutdown", "restart-graceful"])
@@ -302,8 +334,16 @@ def test_interrupt_while_workers_boot_does_not_kill_them(kernel):
     assert alive(booting) == booting
 
 
-def test_loading_the_extension_stops_workers_left_by_dead_kernels(kernel, tmp_path):
-    """Only processes whose pid *and* creation time match the record are stopped."""
+@pytest.mark.parametrize("trigger, says", [
+    ("%load_ext nbparallel", "stopped 1 worker process left behind by a kernel that is gone"),
+    ("from nbparallel import parallel\nparallel.map(abs, [1], progress=False)", ""),
+], ids=["load-ext", "pool-start"])
+def test_extension_load_or_pool_start_stops_workers_left_by_dead_kernels(kernel, trigger, says):
+    """Only processes whose pid *and* creation time match the record of a dead owner are
+    stopped: not a reused pid, not the workers of a live pool in another process."""
+    parallel.map(abs, range(4), progress=False)  # a live pool of this process, and its record
+    launcher.run(lambda: None)  # after its own sweep, before the dead owner's record is written
+    live_pool = {lifecycle.identify(w.pid) for w in parallel.status().workers}
     python = [sys.executable, "-c", "import time; time.sleep(120)"]
     owner = subprocess.Popen(python)
     orphan = subprocess.Popen(python)
@@ -317,10 +357,11 @@ def test_loading_the_extension_stops_workers_left_by_dead_kernels(kernel, tmp_pa
         record = {"owner": owner_id, "workers": [orphan_id, (bystander_id[0], bystander_id[1] - 1000.0)]}
         lifecycle.state_dir().mkdir(parents=True, exist_ok=True)
         (lifecycle.state_dir() / "dead-owner.json").write_text(json.dumps(record))
-        reply = kernel.ok("%load_ext nbparallel")
-        assert "stopped 1 worker process left behind by a kernel that is gone" in reply.stdout
+        assert says in kernel.ok(trigger).stdout
+        kernel.ok("from nbparallel.backends import launcher\nlauncher.run(lambda: None)")  # swept
         assert orphan.wait(5) == -signal.SIGKILL
         assert bystander.poll() is None  # same pid, other creation time: never touched
+        assert live_pool and alive(live_pool) == live_pool
         assert not (lifecycle.state_dir() / "dead-owner.json").exists()
     finally:
         for process in (orphan, bystander):

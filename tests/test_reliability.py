@@ -25,6 +25,7 @@ from nbparallel import (
     lifecycle,
     parallel,
 )
+from nbparallel.backends import launcher
 
 from .conftest import run_script, wait_until
 
@@ -332,3 +333,41 @@ def test_interpreter_exit_with_work_in_flight_is_quick_and_clean(tmp_path):
     workers = [int(pid) for pid in result.stdout.split()]
     assert workers
     wait_until(lambda: not any(psutil.pid_exists(pid) for pid in workers), timeout=5)
+
+
+# --- the worker dies with its pool's process ------------------------------------------------
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+
+
+def parent_death_signal(_):
+    found = ctypes.c_int()
+    ctypes.CDLL(None).prctl(2, ctypes.byref(found), 0, 0, 0)  # PR_GET_PDEATHSIG
+    return found.value
+
+
+@linux_only
+@pytest.mark.parametrize("asked, expected", [(True, signal.SIGKILL), (False, 0)], ids=["linux", "forced-off"])
+def test_workers_ask_to_be_killed_with_the_pool_and_still_work_without(session, monkeypatch, asked, expected):
+    """Forced off, as on systems without the signal, a worker starts and works all the same."""
+    monkeypatch.setattr(launcher, "PARENT_DEATH_SIGNAL", asked)
+    assert session.map(parent_death_signal, range(4)) == [expected] * 4
+
+
+@linux_only
+@pytest.mark.parametrize("parent, survives", [("os.getppid()", True), ("os.getppid() + 1", False)],
+                         ids=["parent-alive", "parent-gone-before-asking"])
+def test_a_worker_whose_parent_died_before_it_asked_exits_at_once(tmp_path, parent, survives):
+    """No signal would come: the parent it was told of is not its parent any more."""
+    result = run_script(
+        f"""
+        import os
+        from nbparallel.worker import die_with_parent
+        die_with_parent({parent})
+        print("still running")
+        """,
+        tmp_path,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout == "still running\n") == survives

@@ -12,20 +12,20 @@ a threaded process can deadlock the child; Python 3.12 warns about it and 3.14 m
 fork by default. Why not multiprocessing's spawn: it re-imports a script's `__main__` in every
 worker, which is what makes `if __name__ == "__main__":` necessary. So a worker is
 `python -c "...worker.main()"` with one socket to this process; functions reach it by value.
-The socket doubles as the worker's lifeline: it exits on EOF, i.e. when this process dies.
-Workers stay in the kernel's process group, so Jupyter's restart (killpg) reaches them too; the
-pool stops itself first when the kernel is asked to exit (see `lifecycle.stop_with_kernel`).
+The socket doubles as the worker's lifeline: it exits on EOF, i.e. when this process dies. On
+Linux it also asks to be killed when this process dies, for a task that holds the GIL in C code
+(see `launcher`, which starts every worker). Workers stay in the kernel's process group, so
+Jupyter's restart (killpg) reaches them too; the pool stops itself first when the kernel is asked
+to exit (see `lifecycle.stop_with_kernel`). Starting a pool also stops the workers of dead owners.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import mmap
 import os
 import pickle
-import signal
 import socket
 import subprocess
 import time
@@ -34,7 +34,7 @@ import tempfile
 import threading
 import traceback
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -42,7 +42,7 @@ from multiprocess.connection import Connection, Pipe, wait
 
 from .. import crossmemory, errors, lifecycle, messages, serialize, slots, tasks, transport
 from ..execution import FunctionCache
-from . import WorkerStatus
+from . import WorkerStatus, launcher
 
 # A worker whose last task took less than this gets its next task queued behind the running one,
 # so it never idles for a round trip. Slower workers get one task at a time: a task queued
@@ -52,8 +52,9 @@ _EXIT_WAIT_SECONDS = 2.0
 _TIMEOUT_CHECK_SECONDS = 0.05  # how often running items are checked against a call's timeout
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The kernel's interrupt is SIGINT to its whole process group, workers included, and a worker
-# still booting would die of it. So a worker is started with SIGINT blocked (the mask survives
-# exec), and its first line ignores SIGINT, then unblocks it: one that arrived meanwhile is dropped.
+# still booting would die of it. So a worker is started with SIGINT blocked (by the launcher: the
+# mask survives exec), and its first line ignores SIGINT, then unblocks it: one that arrived
+# meanwhile is dropped.
 _BOOT = (
     "import _signal; _signal.signal(_signal.SIGINT, _signal.SIG_IGN); "
     "hasattr(_signal, 'pthread_sigmask') and _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [_signal.SIGINT]); "
@@ -69,7 +70,7 @@ class _Worker:
     process: subprocess.Popen[bytes]
     conn: Connection
     create_time: float
-    slot: memoryview  # see tasks.SLOT_*: which task and item the worker is running
+    slot: memoryview  # see slots: which task and item the worker is running
     inflight: collections.deque[_Task] = dataclasses.field(
         default_factory=collections.deque
     )
@@ -99,31 +100,19 @@ class _Worker:
         return self.process.pid
 
 
-@contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Block SIGINT in this thread only (the kernel still gets its interrupts), for a child to inherit."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def launch_worker() -> _Worker:
-    """Start one worker interpreter connected to this process by a socket pair."""
+    """Start one worker interpreter (on the launcher thread), with a socket pair to this process."""
     ours, theirs = socket.socketpair()
-    with ours, theirs, tempfile.TemporaryFile() as slot_file, _sigint_blocked():
+    with ours, theirs, tempfile.TemporaryFile() as slot_file:
         slot_file.truncate(slots.BYTES)
         slot = memoryview(mmap.mmap(slot_file.fileno(), slots.BYTES)).cast("q")
-        process = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(slot_file.fileno())],
+        parent = os.getpid() if launcher.PARENT_DEATH_SIGNAL else 0  # 0: the worker does not ask
+        process = launcher.run(lambda: subprocess.Popen(
+            [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(slot_file.fileno()), str(parent)],
             pass_fds=[theirs.fileno(), slot_file.fileno()],
             stdin=subprocess.DEVNULL,
             env={**os.environ, "NBPARALLEL_WORKER": "1"},
-        )
+        ))
         conn = Connection(ours.detach())
     try:
         create_time = psutil.Process(process.pid).create_time()
@@ -302,6 +291,10 @@ class ProcessPool:
         self._dispatcher = threading.Thread(target=self._dispatch_forever, name="nbparallel-dispatcher", daemon=True)
         self._dispatcher.start()
         self._forget_kernel_hook = lifecycle.stop_with_kernel(self.shutdown)
+        # Workers a dead owner left behind (stuck in C code where no parent-death signal exists)
+        # stop when any pool starts, not only on %load_ext. After this pool's workers are
+        # started and off this pool's lock: the sweep's psutil calls delay nothing.
+        launcher.run_later(lifecycle.reap_orphans)
 
     def _fill(self) -> None:
         while sum(not w.retiring for w in self._workers.values()) < self._size:
