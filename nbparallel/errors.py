@@ -260,6 +260,14 @@ def nested_setup() -> NbParallelError:
     )
 
 
+def worker_never_ready(pid: int, seconds: float) -> WorkerDiedError:
+    return WorkerDiedError(
+        f"worker process {pid} did not say it was ready within {seconds:.0f} s of starting, and "
+        "was stopped (is the machine out of memory, or is an import on its start-up path hanging?). "
+        "Run the call again; if it happens again, run `python -c 'import nbparallel'` to see why."
+    )
+
+
 def pool_restarted() -> NbParallelError:
     return NbParallelError("the pool was restarted while this task was running; run the call again.")
 

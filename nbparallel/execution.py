@@ -19,15 +19,14 @@ from . import errors, messages, serialize, slots, transport
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-# Functions a worker keeps, by digest; the pool mirrors this cache to know what to send again.
 FUNCTION_CACHE_SIZE = 16
 
 
 class FunctionCache:
-    """A least-recently-used cache of a worker's functions, updated in the order tasks arrive.
+    """A worker's functions by digest, the least recently used dropped past FUNCTION_CACHE_SIZE.
 
-    The pool keeps an identical one per worker (same size, same order of updates), so it knows
-    without asking whether a worker still holds a function.
+    The worker alone owns it: a task whose function it no longer holds is answered with
+    `FunctionMissing`, and the pool sends the function along again.
     """
 
     def __init__(self) -> None:
@@ -36,20 +35,25 @@ class FunctionCache:
     def __contains__(self, digest: bytes) -> bool:
         return digest in self._entries
 
-    def touch(self, digest: bytes, value: Any = None) -> None:
+    def add(self, digest: bytes, frames: list[Any]) -> None:
+        """Keep a function as it arrived (frames); it is loaded when a task first needs it."""
         if serialize.holds_large_data(digest):
             # Such a function is never sent again (its digest is unique to its call): keep only
             # the newest, so that old calls' arrays do not stay mapped in every worker.
-            for old in [d for d in self._entries if d != digest and serialize.holds_large_data(d)]:
+            for old in [d for d in self._entries if serialize.holds_large_data(d)]:
                 del self._entries[old]
-        if value is not None or digest not in self._entries:
-            self._entries[digest] = value
+        self._entries[digest] = frames
         self._entries.move_to_end(digest)
         while len(self._entries) > FUNCTION_CACHE_SIZE:
             self._entries.popitem(last=False)
 
-    def get(self, digest: bytes) -> Any:
-        return self._entries[digest]
+    def get(self, digest: bytes) -> Callable[..., Any]:
+        """The function, loaded on first use. Raises KeyError if it is not held."""
+        entry = self._entries[digest]
+        self._entries.move_to_end(digest)
+        if isinstance(entry, list):  # its frames, as they arrived
+            entry = self._entries[digest] = serialize.load_function(entry)
+        return entry
 
 
 class Raised:
@@ -184,11 +188,6 @@ def run_task(task: messages.RunTask, functions: FunctionCache, setup: SetupNames
     items: list[Any] = []
     try:
         func = functions.get(task.digest)
-        if func is None:
-            raise RuntimeError("nbparallel internal error: the pool did not send the function")
-        if isinstance(func, list):  # its frames, as they arrived
-            func = serialize.load_function(func)
-            functions.touch(task.digest, func)
         serialize.set_receiver_namespace(getattr(func, "__globals__", None))
         items = serialize.loads_frames(task.frames)
     except BaseException as error:

@@ -1,7 +1,8 @@
 """The messages between the pool and its workers: small data-only classes.
 
-Parent to worker: `RunTask`, `CancelCall`, `StopWorker`. Worker to parent: `Ready`, `TaskDone`,
-`TaskFailed`, `ItemsUnreadable`, `Output`; `TaskLost` is made by a backend when a worker is gone.
+Parent to worker: `RunTask`, `CancelCall`, `StopWorker`, `Limits`. Worker to parent: `Ready`,
+`TaskDone`, `TaskFailed`, `ItemsUnreadable`, `FunctionMissing`, `Output`, `Retiring`; `TaskLost`
+is made by a backend when a worker is gone.
 Payloads inside are already-serialized bytes, so the pool itself never runs user code (no user
 object is unpickled on its dispatcher thread). How they cross the socket is `transport`'s job.
 """
@@ -33,6 +34,35 @@ class CancelCall:
 @dataclasses.dataclass(slots=True)
 class StopWorker:
     """Exit once the tasks before this message are done (the pool is shrinking)."""
+
+
+@dataclasses.dataclass(slots=True)
+class Limits:
+    """When a worker retires itself: after this many tasks, or past this resident memory."""
+
+    max_tasks: int | None = None
+    max_memory: int | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class Ready:
+    """A worker's first word: it has started and reads tasks (the pool waits for it with a deadline)."""
+
+    pid: int
+
+
+@dataclasses.dataclass(slots=True)
+class FunctionMissing:
+    """The worker no longer holds the task's function (it made room for others): it ran nothing,
+    and the pool sends the task again with the function."""
+
+    task_id: int
+
+
+@dataclasses.dataclass(slots=True)
+class Retiring:
+    """The worker reached its Limits: it answered the task before this and exits now, running
+    none of the tasks queued behind it (the pool gives them to other workers)."""
 
 
 @dataclasses.dataclass(slots=True)

@@ -131,36 +131,49 @@ def main() -> None:
     sender = _Sender(conn)
     stdout, stderr = _ForwardedStream(sender, "stdout"), _ForwardedStream(sender, "stderr")
     sys.stdout, sys.stderr = stdout, stderr
+    sender.send(messages.Ready(os.getpid()))
+    _serve(inbox, cancelled, slot, sender, (stdout, stderr), config["limits"])
+
+
+def _serve(inbox: queue.SimpleQueue[Any], cancelled: collections.deque[int], slot: memoryview,
+           sender: _Sender, streams: tuple[_ForwardedStream, ...], limits: messages.Limits) -> None:
+    """Run tasks in the order they arrive until told to stop, or until this worker's limits say
+    it should make way for a fresh one."""
     functions = execution.FunctionCache()
     setup = execution.SetupNamespace()
     function_pages: list[Any] = []  # the shared arrays of the newest function that has any
+    tasks_done = 0
     while True:
-        task: messages.RunTask | messages.StopWorker = inbox.get()
+        task: messages.RunTask | messages.StopWorker | messages.Limits = inbox.get()
+        if isinstance(task, messages.Limits):
+            limits = task
+            continue
         if isinstance(task, messages.StopWorker):
             # Exit without interpreter finalization: nothing here needs it, and output written
             # during it would go to a socket the pool may already have closed.
             os._exit(0)
         if task.function_frames:
-            functions.touch(task.digest, task.frames[:task.function_frames])
+            functions.add(task.digest, task.frames[:task.function_frames])
             if serialize.holds_large_data(task.digest):
                 function_pages = task.frames[1:task.function_frames]
             task.frames = task.frames[task.function_frames:]
-        else:
-            functions.touch(task.digest)
         sender.task_id = task.task_id
         slot[slots.ITEM] = slots.NOT_STARTED
         slot[slots.TASK] = task.task_id
         unreadable = next((f for f in task.frames if isinstance(f, transport.Unreadable)), None)
         if task.call_id in cancelled:
             reply: object = messages.TaskDone(task.task_id, [], 0.0)
+        elif task.digest not in functions:
+            reply = messages.FunctionMissing(task.task_id)
         elif unreadable is not None:
             reply = messages.ItemsUnreadable(task.task_id, unreadable.reason)
         else:
             reply = execution.run_task(task, functions, setup, slot)
             if isinstance(reply, messages.TaskDone) and reply.frames:
                 reply.frames = transport.share_large(reply.frames)
-        stdout.flush()
-        stderr.flush()
+            tasks_done += 1
+        for stream in streams:
+            stream.flush()
         # What this task read of large data leaves this process's memory now (its items are
         # freed, the captured arrays' pages given back), before the pool hears that the task
         # is done and sends the next one; the next task maps again what it reads. So a worker's
@@ -169,3 +182,17 @@ def main() -> None:
         transport.release_pages(function_pages)
         sender.send(reply)
         del reply
+        if _worn_out(limits, tasks_done):
+            sender.send(messages.Retiring())
+            os._exit(0)
+
+
+def _worn_out(limits: messages.Limits, tasks_done: int) -> bool:
+    """This worker ran its share of tasks, or grew past its memory limit (a leaky library)."""
+    if limits.max_tasks is not None and tasks_done >= limits.max_tasks:
+        return True
+    if limits.max_memory is None:
+        return False
+    import psutil  # only where a limit is set: a worker starts faster without it
+
+    return int(psutil.Process().memory_info().rss) > limits.max_memory

@@ -73,7 +73,7 @@ def run_on_dask_worker(function: list[bytes], task: messages.RunTask, topic: str
     How far it is goes to the client as events on `topic`."""
     with _functions_lock:
         if task.digest not in _functions:
-            _functions.touch(task.digest, function)
+            _functions.add(task.digest, function)
     out, err = io.StringIO(), io.StringIO()
     slot = _ReportingSlot(task.task_id, topic, _key(task.call_id, task.task_id))
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

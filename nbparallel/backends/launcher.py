@@ -45,6 +45,8 @@ def run(job: Callable[[], _Result]) -> _Result:
     Raises:
         NbParallelError: the launcher did not answer within ANSWER_SECONDS.
     """
+    if threading.current_thread() is _thread:  # a job of the launcher's own (a pool's refill)
+        return job()
     answer: Future[_Result] = Future()
     _put(job, answer)
     try:
