@@ -205,10 +205,10 @@ def timeout_needs_processes(backend: str) -> OptionError:
     )
 
 
-def dask_missing() -> ModuleNotFoundError:
+def dask_missing(module: str = "distributed") -> ModuleNotFoundError:
     return ModuleNotFoundError(
-        'the dask backend needs dask.distributed, which is not installed. Install it with: '
-        'pip install "nbparallel[dask]"', name="distributed",
+        f'the dask backend needs the {module} package, which is not installed. Install it with: '
+        'pip install "nbparallel[dask]"', name=module,
     )
 
 

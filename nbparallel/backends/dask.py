@@ -130,7 +130,10 @@ class DaskBackend:
                     # a script's __main__ in each; nor its SubprocessCluster, whose processes the
                     # kernel's interrupt reaches and which nothing stops if the kernel dies.
                     self._cluster = LocalCluster(self._workers)
-                    self._client = distributed.Client(self._cluster.address)
+                    # Only its credentials open it.
+                    self._client = distributed.Client(
+                        self._cluster.address, security=self._cluster.security
+                    )
                     self._client.wait_for_workers(self._workers, timeout=_START_SECONDS)
                 self._client.subscribe_topic(self._topic, self._on_progress)
             return self._client
