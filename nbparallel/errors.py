@@ -58,6 +58,10 @@ class TaskExitError(NbParallelError, RuntimeError):
     """A task raised SystemExit (or another exit-like exception) in its worker."""
 
 
+class ClusterStartError(NbParallelError, RuntimeError):
+    """A process of the local dask cluster did not start: it exited, or did not answer in time."""
+
+
 class RemoteTraceback(Exception):
     """The traceback of an exception raised in a worker, chained as its `__cause__`."""
 
@@ -209,6 +213,23 @@ def dask_missing(module: str = "distributed") -> ModuleNotFoundError:
     return ModuleNotFoundError(
         f'the dask backend needs the {module} package, which is not installed. Install it with: '
         'pip install "nbparallel[dask]"', name=module,
+    )
+
+
+def dask_cluster_silent(role: str, pid: int, awaited: str, seconds: float) -> ClusterStartError:
+    return ClusterStartError(
+        f"the dask {role} nbparallel started (pid {pid}) did not {awaited} within {seconds:g} s, "
+        f"and was stopped. The machine may be overloaded: run the call again, or start a "
+        f"cluster yourself and pass its address: parallel.configure(backend='dask', address=...)."
+    )
+
+
+def dask_cluster_exited(
+    role: str, pid: int, awaited: str, returncode: int | None
+) -> ClusterStartError:
+    return ClusterStartError(
+        f"the dask {role} nbparallel started (pid {pid}) exited (code {returncode}) before it "
+        f"could {awaited}. What it printed went to the kernel's stderr (the Jupyter server's log)."
     )
 
 

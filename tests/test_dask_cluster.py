@@ -1,5 +1,5 @@
-"""Who can reach the local dask cluster nbparallel starts (only this kernel), and a cluster the
-user gives (theirs, untouched)."""
+"""Who can reach the local dask cluster nbparallel starts (only this kernel), a cluster the user
+gives (theirs, untouched), and a cluster process that does not start (a bounded, clear error)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
 
-from nbparallel import parallel
+from nbparallel import ClusterStartError, parallel
+from nbparallel.backends import dask_cluster
 
 LOOPBACK = {"127.0.0.1", "::1"}
 
@@ -133,3 +135,34 @@ def test_an_address_the_user_gives_connects_with_their_own_dask_security(session
         session.configure(backend="dask", address=their_cluster.scheduler_address)
         assert session.map(lambda _: os.getpid(), range(2)) == [os.getpid()] * 2
         session.shutdown()
+
+
+# Stand-ins for the cluster's processes: one that never answers (but follows its lifeline, as
+# the real ones do), one that dies before it joins.
+SILENT_SCHEDULER = "import os, sys; os.read(int(sys.argv[2]), 1)"
+DYING_WORKER = (
+    "import os, sys\n"
+    "if sys.argv[1] == 'worker':\n    os._exit(3)\n"
+    "from nbparallel.backends.dask_cluster import main; main()"
+)
+
+
+def test_a_scheduler_that_never_says_its_address_fails_the_call_at_the_deadline(
+    monkeypatch, session
+):
+    monkeypatch.setattr(dask_cluster, "_BOOT", SILENT_SCHEDULER)
+    monkeypatch.setattr(dask_cluster, "START_SECONDS", 1.0)
+    started = time.monotonic()
+    silent = r"the dask scheduler .* did not print the address it listens on within 1 s"
+    with pytest.raises(ClusterStartError, match=silent):
+        session.map(abs, [1], backend="dask")
+    assert time.monotonic() - started < 10
+
+
+def test_a_worker_that_exits_before_it_joins_fails_the_call_and_says_its_exit_code(
+    monkeypatch, session
+):
+    monkeypatch.setattr(dask_cluster, "_BOOT", DYING_WORKER)
+    exited = r"the dask worker .* exited \(code 3\) before it could join the scheduler at tls://"
+    with pytest.raises(ClusterStartError, match=exited):
+        session.map(abs, [1], backend="dask")
