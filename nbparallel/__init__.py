@@ -15,6 +15,7 @@ from typing import Any
 from .api import Parallel, ParallelFunction, PoolStatus
 from .background import MapHandle
 from .errors import (
+    ClusterStartError,
     NbParallelError,
     OptionError,
     RemoteTraceback,
@@ -28,6 +29,7 @@ from .options import Options
 from .slots import report_progress as progress
 
 __all__ = [
+    "ClusterStartError",
     "NbParallelError",
     "OptionError",
     "MapHandle",

@@ -58,6 +58,10 @@ class TaskExitError(NbParallelError, RuntimeError):
     """A task raised SystemExit (or another exit-like exception) in its worker."""
 
 
+class ClusterStartError(NbParallelError, RuntimeError):
+    """A process of the local dask cluster did not start: it exited, or did not answer in time."""
+
+
 class UnsafeFolderWarning(UserWarning):
     """The folder of worker records could be written by someone else: nbparallel does not use it."""
 
@@ -211,10 +215,27 @@ def timeout_needs_processes(backend: str) -> OptionError:
     )
 
 
-def dask_missing() -> ModuleNotFoundError:
+def dask_missing(module: str = "distributed") -> ModuleNotFoundError:
     return ModuleNotFoundError(
-        'the dask backend needs dask.distributed, which is not installed. Install it with: '
-        'pip install "nbparallel[dask]"', name="distributed",
+        f'the dask backend needs the {module} package, which is not installed. Install it with: '
+        'pip install "nbparallel[dask]"', name=module,
+    )
+
+
+def dask_cluster_silent(role: str, pid: int, awaited: str, seconds: float) -> ClusterStartError:
+    return ClusterStartError(
+        f"the dask {role} nbparallel started (pid {pid}) did not {awaited} within {seconds:g} s, "
+        f"and was stopped. The machine may be overloaded: run the call again, or start a "
+        f"cluster yourself and pass its address: parallel.configure(backend='dask', address=...)."
+    )
+
+
+def dask_cluster_exited(
+    role: str, pid: int, awaited: str, returncode: int | None
+) -> ClusterStartError:
+    return ClusterStartError(
+        f"the dask {role} nbparallel started (pid {pid}) exited (code {returncode}) before it "
+        f"could {awaited}. What it printed went to the kernel's stderr (the Jupyter server's log)."
     )
 
 

@@ -26,8 +26,6 @@ try:
 except ImportError as missing:
     raise errors.dask_missing() from missing
 
-_START_SECONDS = 120
-
 # In a dask worker process: the functions it holds and what every-worker cells defined there.
 _functions = execution.FunctionCache()
 _setup = execution.SetupNamespace()
@@ -129,9 +127,11 @@ class DaskBackend:
                     # Not dask's LocalCluster: it spawns workers with multiprocessing, which re-runs
                     # a script's __main__ in each; nor its SubprocessCluster, whose processes the
                     # kernel's interrupt reaches and which nothing stops if the kernel dies.
+                    # Its workers have joined when it returns; only its credentials open it.
                     self._cluster = LocalCluster(self._workers)
-                    self._client = distributed.Client(self._cluster.address)
-                    self._client.wait_for_workers(self._workers, timeout=_START_SECONDS)
+                    self._client = distributed.Client(
+                        self._cluster.address, security=self._cluster.security
+                    )
                 self._client.subscribe_topic(self._topic, self._on_progress)
             return self._client
 

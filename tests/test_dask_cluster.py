@@ -1,0 +1,168 @@
+"""Who can reach the local dask cluster nbparallel starts (only this kernel), a cluster the user
+gives (theirs, untouched), and a cluster process that does not start (a bounded, clear error)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from nbparallel import ClusterStartError, parallel
+from nbparallel.backends import dask_cluster
+
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The scheduler and two workers that `parallel.configure(backend="dask")` and one map start
+    (set up before the leak check of the first test that uses them, so they are not leaks)."""
+    saved = parallel.options
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    parallel.configure(backend="dask", workers=2, progress=False)
+    assert parallel.map(abs, [-1, -2]) == [1, 2]
+    yield [child for child in psutil.Process().children(recursive=True) if child.pid not in before]
+    parallel.shutdown()
+    parallel.configure(backend=saved.backend, workers=saved.workers, progress=saved.progress)
+
+
+def listening(process: psutil.Process) -> list[tuple[str, int]]:
+    """The (ip, port) pairs `process` accepts connections on."""
+    return [
+        (connection.laddr.ip, connection.laddr.port)
+        for connection in process.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    ]
+
+
+def test_the_scheduler_and_every_worker_listen_on_loopback_only_and_on_one_port_each(cluster):
+    assert len(cluster) == 3  # a scheduler and two workers
+    for process in cluster:
+        addresses = listening(process)
+        assert {ip for ip, _ in addresses} <= LOOPBACK, (process.cmdline()[3:], addresses)
+        # One port each: the cluster's TLS port, no HTTP port (dashboard, metrics).
+        assert len({port for _, port in addresses}) == 1, (process.cmdline()[3:], addresses)
+
+
+def scheduler_port(scheduler: psutil.Process, workers: list[psutil.Process]) -> int:
+    """The port of `scheduler` that its workers are connected to."""
+    connected = {
+        connection.raddr.port
+        for worker in workers for connection in worker.net_connections(kind="inet")
+        if connection.raddr and connection.status == psutil.CONN_ESTABLISHED
+    }
+    (port,) = connected & {port for _, port in listening(scheduler)}
+    return port
+
+
+# Run by a second process, as anyone on this machine could: connect to the scheduler with a plain
+# client (tls:// with no certificate, plain tcp://) or with a certificate of its own.
+STRANGER = """
+import json, os, sys
+import distributed
+from distributed.security import Security
+
+attempts = {"no certificate": ("tls", None), "plain tcp": ("tcp", None),
+            "a certificate of its own": ("tls", Security.temporary())}
+outcomes = {}
+for name, (protocol, security) in attempts.items():
+    address = f"{protocol}://127.0.0.1:{sys.argv[1]}"
+    try:
+        with distributed.Client(address, timeout=3, security=security) as client:
+            outcomes[name] = f"ran a task in pid {client.submit(os.getpid).result(timeout=3)}"
+    except Exception as error:
+        outcomes[name] = f"refused: {type(error).__name__}"
+print(json.dumps(outcomes))
+"""
+
+
+def test_a_client_without_this_kernels_credentials_cannot_run_a_task(cluster):
+    (scheduler,) = [process for process in cluster if "scheduler" in process.cmdline()]
+    # The scheduler's port is in the workers' command lines, for anyone to see.
+    port = scheduler_port(scheduler, [process for process in cluster if process != scheduler])
+    stranger = subprocess.run(
+        [sys.executable, "-c", STRANGER, str(port)], check=False, capture_output=True, text=True,
+        timeout=50,
+    )
+    assert stranger.returncode == 0, stranger.stderr
+    outcomes = json.loads(stranger.stdout)
+    assert all(outcome.startswith("refused") for outcome in outcomes.values()), outcomes
+    assert parallel.map(abs, [-3]) == [3]  # the kernel's own client still works
+
+
+def test_a_client_the_user_gives_is_used_as_it_is_and_left_open(session):
+    """nbparallel adds nothing to a user's cluster: their Client (and its TLS security) runs the
+    tasks, no cluster of nbparallel's starts, and shutting nbparallel down leaves it open."""
+    import distributed
+    from distributed.security import Security
+
+    theirs = Security.temporary()
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tls", security=theirs,
+        host="127.0.0.1", dashboard_address=None,
+    ) as their_cluster, distributed.Client(their_cluster) as client:
+        before = {child.pid for child in psutil.Process().children(recursive=True)}
+        session.configure(backend="dask", address=client)
+        assert session.map(lambda _: os.getpid(), range(2)) == [os.getpid()] * 2  # their threads
+        assert {child.pid for child in psutil.Process().children(recursive=True)} == before
+        session.shutdown()
+        assert client.status == "running" and client.security is theirs
+        assert client.submit(abs, -4).result(timeout=10) == 4
+
+
+def test_an_address_the_user_gives_connects_with_their_own_dask_security(session):
+    """A string address is dask's to resolve: the user's configured certificate opens their TLS
+    cluster, as it would for their own `distributed.Client(address)`."""
+    import dask
+    import distributed
+    from distributed.security import Security
+
+    theirs = Security.temporary()
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tls", security=theirs,
+        host="127.0.0.1", dashboard_address=None,
+    ) as their_cluster, dask.config.set({
+        "distributed.comm.require-encryption": True,
+        "distributed.comm.tls.ca-file": theirs.tls_ca_file,
+        "distributed.comm.tls.client.cert": theirs.tls_client_cert,
+        "distributed.comm.tls.client.key": theirs.tls_client_key,
+    }):
+        session.configure(backend="dask", address=their_cluster.scheduler_address)
+        assert session.map(lambda _: os.getpid(), range(2)) == [os.getpid()] * 2
+        session.shutdown()
+
+
+# Stand-ins for the cluster's processes: one that never answers (but follows its lifeline, as
+# the real ones do), one that dies before it joins.
+SILENT_SCHEDULER = "import os, sys; os.read(int(sys.argv[2]), 1)"
+DYING_WORKER = (
+    "import os, sys\n"
+    "if sys.argv[1] == 'worker':\n    os._exit(3)\n"
+    "from nbparallel.backends.dask_cluster import main; main()"
+)
+
+
+def test_a_scheduler_that_never_says_its_address_fails_the_call_at_the_deadline(
+    monkeypatch, session
+):
+    monkeypatch.setattr(dask_cluster, "_BOOT", SILENT_SCHEDULER)
+    monkeypatch.setattr(dask_cluster, "START_SECONDS", 1.0)
+    started = time.monotonic()
+    silent = r"the dask scheduler .* did not print the address it listens on within 1 s"
+    with pytest.raises(ClusterStartError, match=silent):
+        session.map(abs, [1], backend="dask")
+    assert time.monotonic() - started < 10
+
+
+def test_a_worker_that_exits_before_it_joins_fails_the_call_and_says_its_exit_code(
+    monkeypatch, session
+):
+    monkeypatch.setattr(dask_cluster, "_BOOT", DYING_WORKER)
+    exited = r"the dask worker .* exited \(code 3\) before it could join the scheduler at tls://"
+    with pytest.raises(ClusterStartError, match=exited):
+        session.map(abs, [1], backend="dask")
