@@ -31,7 +31,16 @@ def install() -> Path:
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", f"{ROOT}[test]"],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-e",
+            f"{ROOT}[test]",
+        ],
         check=True,
     )
     return python
@@ -43,7 +52,12 @@ def run_notebook(path: str) -> None:
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(ROOT / "notebooks")}},
+    ).execute()
     for number, cell in enumerate(c for c in notebook.cells if c.cell_type == "code"):
         print(f"--- In [{number + 1}]: {cell.source.splitlines()[0] if cell.source else ''}")
         for output in cell.get("outputs", []):
@@ -64,7 +78,12 @@ def main(argv: list[str]) -> int:
         return 2
     python = install()
     if job == "demo":
-        command = [str(python), str(ROOT / "dev.py"), "_run-notebook", str(ROOT / "notebooks" / "quickstart.ipynb")]
+        command = [
+            str(python),
+            str(ROOT / "dev.py"),
+            "_run-notebook",
+            str(ROOT / "notebooks" / "quickstart.ipynb"),
+        ]
     else:
         command = [str(python), *TEST_COMMAND, *argv[2:]]
     return subprocess.run(command, cwd=ROOT).returncode

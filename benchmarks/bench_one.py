@@ -43,17 +43,19 @@ def slice_sum(part):
 
 def global_slice_sum(index):
     step = len(BIG) // 8
-    return float(BIG[index * step:(index + 1) * step].sum())
+    return float(BIG[index * step : (index + 1) * step].sum())
 
 
 def make_lookup(table):
     def lookup(key):
         return table[key % len(table)]
+
     return lookup
 
 
 def megabyte(_):
     import numpy
+
     return numpy.ones(131_072)  # 1 MiB of float64
 
 
@@ -114,7 +116,9 @@ class NbParallelInKernel(Library):
         reply = self.kernel.ok(
             "import time as _t\n_s = _t.perf_counter()\n"
             f"parallel.map(lambda x: x + 1, range(200_000), progress={progress})\n"
-            "print(_t.perf_counter() - _s)", timeout=120)
+            "print(_t.perf_counter() - _s)",
+            timeout=120,
+        )
         return float(reply.stdout.split()[-1])
 
     def close(self):
@@ -214,7 +218,11 @@ class Pathos(Library):
         self.pool = ProcessPool(nodes=WORKERS)
 
     def map(self, func, items, chunksize=None):
-        return self.pool.map(func, items, chunksize=chunksize) if chunksize else self.pool.map(func, items)
+        return (
+            self.pool.map(func, items, chunksize=chunksize)
+            if chunksize
+            else self.pool.map(func, items)
+        )
 
     def close(self):
         self.pool.close()
@@ -238,10 +246,18 @@ class Dask(Library):
 
 
 LIBRARIES = {
-    "serial": Serial, "nbparallel": NbParallel, "stdlib": Stdlib, "stdlib-spawn": StdlibSpawn,
-    "multiprocess": Multiprocess, "futures": Futures,
-    "joblib": Joblib, "mpire": Mpire, "pathos": Pathos, "dask": Dask,
-    "nbparallel+progress": lambda: NbParallel(progress=True), "nbparallel-kernel": NbParallelInKernel,
+    "serial": Serial,
+    "nbparallel": NbParallel,
+    "stdlib": Stdlib,
+    "stdlib-spawn": StdlibSpawn,
+    "multiprocess": Multiprocess,
+    "futures": Futures,
+    "joblib": Joblib,
+    "mpire": Mpire,
+    "pathos": Pathos,
+    "dask": Dask,
+    "nbparallel+progress": lambda: NbParallel(progress=True),
+    "nbparallel-kernel": NbParallelInKernel,
 }
 
 
@@ -290,23 +306,33 @@ def workload(name, lib, repeats):
         times = timed(lambda: lib.map(func, items), repeats)
         assert lib.map(func, items)[-1] == 200_000
         return times, extra
-    if name == "progress-overhead":  # on and off alternately, in one process: median of paired ratios
+    if (
+        name == "progress-overhead"
+    ):  # on and off alternately, in one process: median of paired ratios
         lib.tiny_call_seconds(progress=False)
         lib.tiny_call_seconds(progress=True)
         updates_before = getattr(getattr(lib, "kernel", None), "widget_updates", 0)
-        off, on = alternated(lambda: lib.tiny_call_seconds(progress=False),
-                             lambda: lib.tiny_call_seconds(progress=True), repeats)
+        off, on = alternated(
+            lambda: lib.tiny_call_seconds(progress=False),
+            lambda: lib.tiny_call_seconds(progress=True),
+            repeats,
+        )
         extra["off_s"] = statistics.median(off)
         # Each call against the one run just before it, which saw the same load: a ratio of the
         # two medians moved by 3% between runs of 100 pairs, more than the cost being measured.
-        extra["on_over_off"] = statistics.median(a / b for a, b in zip(on, off))
+        extra["on_over_off"] = statistics.median(a / b for a, b in zip(on, off, strict=True))
         if hasattr(lib, "kernel"):
-            extra["widget_updates_per_call"] = (lib.kernel.widget_updates - updates_before) / repeats
+            extra["widget_updates_per_call"] = (
+                lib.kernel.widget_updates - updates_before
+            ) / repeats
         return on, extra
     if name == "cpu-bound":
         lib.map(spin, range(WORKERS))
-        serial, times = alternated(stopwatch(lambda: [spin(i) for i in range(16)]),
-                                   stopwatch(lambda: lib.map(spin, range(16), chunksize=1)), repeats)
+        serial, times = alternated(
+            stopwatch(lambda: [spin(i) for i in range(16)]),
+            stopwatch(lambda: lib.map(spin, range(16), chunksize=1)),
+            repeats,
+        )
         extra["serial_s"] = statistics.median(serial)
         extra["speedup"] = extra["serial_s"] / statistics.median(times)
         return times, extra
@@ -343,7 +369,7 @@ def workload(name, lib, repeats):
         before = psutil.Process().memory_info().rss
         peak = before
         started = time.perf_counter()
-        for n, result in enumerate(parallel.imap(inc, range(1_000_000))):
+        for n, _result in enumerate(parallel.imap(inc, range(1_000_000))):
             if n % 100_000 == 0:
                 peak = max(peak, psutil.Process().memory_info().rss)
         extra["parent_rss_growth_mb"] = (peak - before) / 2**20
@@ -399,7 +425,12 @@ def main():
         lib = LIBRARIES[library]()
         times, extra = workload(name, lib, repeats)
         lib.close()
-        out = {"times": times, "median": statistics.median(times), "peak_mb": peak[0], "extra": extra}
+        out = {
+            "times": times,
+            "median": statistics.median(times),
+            "peak_mb": peak[0],
+            "extra": extra,
+        }
     except BaseException as error:  # a library that cannot run a workload is shown failing
         traceback.print_exc()  # on stderr, for whoever runs this file by hand
         out = {"error": f"{type(error).__name__}: {error}"[:300]}

@@ -44,7 +44,12 @@ def serve() -> None:
 
 
 def main() -> None:
-    server = subprocess.Popen([sys.executable, __file__, "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert server.stdout is not None
     base = f"http://127.0.0.1:{server.stdout.readline().strip()}/"
     urls = [f"{base}{n}" for n in range(REQUESTS)]
@@ -78,7 +83,10 @@ def main() -> None:
         "",
         "| backend | first call s | median s | min-max s | median, ratio to best |",
         "| --- | --- | --- | --- | --- |",
-        *(f"| {b} | {f:.3f} | {m:.3f} | {lo:.3f}-{hi:.3f} | {m / best:.2f}x |" for b, f, m, lo, hi in rows),
+        *(
+            f"| {b} | {f:.3f} | {m:.3f} | {lo:.3f}-{hi:.3f} | {m / best:.2f}x |"
+            for b, f, m, lo, hi in rows
+        ),
         "",
         f"Command: `python benchmarks/io_bound.py` (Python {sys.version.split()[0]}, this machine: 2 cores).",
     ]

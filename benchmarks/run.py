@@ -64,17 +64,25 @@ def _bench(library: str, workload: str, repeats: int, limit: float) -> dict:
     whole group: some libraries leave workers behind that would hold the output pipe open."""
     process = subprocess.Popen(
         [sys.executable, str(HERE / "bench_one.py"), library, workload, str(repeats)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
     )
     found: list[str] = []
-    reader = threading.Thread(target=lambda: found.extend(_first_json_line(process.stdout)), daemon=True)
+    reader = threading.Thread(
+        target=lambda: found.extend(_first_json_line(process.stdout)), daemon=True
+    )
     reader.start()
     reader.join(limit)
     timed_out = reader.is_alive()  # before the group is stopped, which ends the reader too
     _stop_group(process)
     if not found:
-        return {"error": f"no result within the time limit of {limit:.0f} s" if timed_out
-                else f"no result (exit {process.returncode})"}
+        return {
+            "error": f"no result within the time limit of {limit:.0f} s"
+            if timed_out
+            else f"no result (exit {process.returncode})"
+        }
     return json.loads(found[0])
 
 
@@ -110,7 +118,8 @@ def table(workload: str, rows: dict[str, dict]) -> list[str]:
     serial = ok.get("serial", {}).get("median")
     serial_mb = ok.get("serial", {}).get("peak_mb")
     lines = [
-        f"### {workload}", "",
+        f"### {workload}",
+        "",
         "| library | median s | min-max s | ratio to best peer | ratio to serial | peak MB (tree) | notes |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -119,13 +128,18 @@ def table(workload: str, rows: dict[str, dict]) -> list[str]:
             lines.append(f"| {lib} | failed | | | | | {r['error'].replace('|', '/')} |")
             continue
         extra = ", ".join(f"{k}={v:.3g}" for k, v in r.get("extra", {}).items())
-        memory = f"{r['peak_mb']:.0f}" + (f" ({r['peak_mb'] / serial_mb:.2f}x serial)" if serial_mb else "")
+        memory = f"{r['peak_mb']:.0f}" + (
+            f" ({r['peak_mb'] / serial_mb:.2f}x serial)" if serial_mb else ""
+        )
         lines.append(
             f"| {lib} | {r['median']:.4f} | {min(r['times']):.4f}-{max(r['times']):.4f} | "
-            f"{r['median'] / best_peer:.2f}x | " if best_peer else f"| {lib} | {r['median']:.4f} | "
-            f"{min(r['times']):.4f}-{max(r['times']):.4f} | | "
+            f"{r['median'] / best_peer:.2f}x | "
+            if best_peer
+            else f"| {lib} | {r['median']:.4f} | {min(r['times']):.4f}-{max(r['times']):.4f} | | "
         )
-        lines[-1] += (f"{r['median'] / serial:.2f}x | " if serial else " | ") + f"{memory} | {extra} |"
+        lines[-1] += (
+            f"{r['median'] / serial:.2f}x | " if serial else " | "
+        ) + f"{memory} | {extra} |"
     return lines + [""]
 
 
@@ -134,37 +148,37 @@ DILL_OR_CLOUDPICKLE_PEERS = ["multiprocess", "joblib", "mpire", "pathos", "dask"
 # Why a target is missed, for the results file (shown only for targets this run missed).
 WHY_MISSED = {
     "tiny-stretch": "before each item a worker writes which item runs into the slot it shares with the pool, "
-                    "and checks whether the call was cancelled (about 40 ns per item, 4 ms per call here; a "
-                    "bare loop is about as long again), which the stdlib Pool does not: that is what lets a "
-                    "crash or a timeout name its item and a cancelled call stop at the next one.",
+    "and checks whether the call was cancelled (about 40 ns per item, 4 ms per call here; a "
+    "bare loop is about as long again), which the stdlib Pool does not: that is what lets a "
+    "crash or a timeout name its item and a cancelled call stop at the next one.",
     "warm-small": "a call serializes its function (or checks that its captures are unchanged), copies the "
-                  "caller's context for printed output, and wakes a dispatcher thread: about 0.3 ms in all, "
-                  "where the stdlib Pool (which cannot send a lambda) only pickles a reference.",
+    "caller's context for printed output, and wakes a dispatcher thread: about 0.3 ms in all, "
+    "where the stdlib Pool (which cannot send a lambda) only pickles a reference.",
     "cpu-bound": "16 tasks of about 0.1 s on a 2-core machine shared with other load; serial and parallel runs "
-                 "alternate in each library's process, and the speedup is the ratio of their medians. Peers' "
-                 "speedups measured the same way in this run: {cpu_peers}. nbparallel sends one item per task "
-                 "here, as every peer does, and its pool uses no CPU while tasks run.",
+    "alternate in each library's process, and the speedup is the ratio of their medians. Peers' "
+    "speedups measured the same way in this run: {cpu_peers}. nbparallel sends one item per task "
+    "here, as every peer does, and its pool uses no CPU while tasks run.",
     "big-numpy-arg": "each worker copies the items it runs out of the notebook's memory (one system call per "
-                     "item, both workers in parallel); where that is not allowed, the items are written once "
-                     "into shared memory (one copy of 400 MB, about 0.15 s here) and measure about 0.67x joblib.",
+    "item, both workers in parallel); where that is not allowed, the items are written once "
+    "into shared memory (one copy of 400 MB, about 0.15 s here) and measure about 0.67x joblib.",
     "big-global-memory": "the notebook's array (411 MB) plus the shared copy the workers map, written once per "
-                         "call and counted in their memory as they touch it; workers give those pages back after "
-                         "each task.",
+    "call and counted in their memory as they touch it; workers give those pages back after "
+    "each task.",
     "progress": "on and off alternate in one process here. The bar's own cost is tqdm's set-up and its end "
-                "display, about 0.45 ms per call (2% of a 20 ms call): more than that is the shared machine's noise.",
+    "display, about 0.45 ms per call (2% of a 20 ms call): more than that is the shared machine's noise.",
     "progress-widget": "the widget is a fixed cost per call, whatever its item count (redraws are at most 10 a "
-                       "second): three widget models (bar, numbers, box; their layouts and styles are shared by "
-                       "every bar), one display (ipykernel first flushes the cell's stdout and stderr, a round "
-                       "trip to its I/O thread each) and one final update. Timed inside 100 tiny-task calls in a "
-                       "kernel: 2.6 ms to show the bar (1.3 ms of it waiting for those two flushes, about 1 ms "
-                       "making the three models), 0.6 ms to end it; a single widget and its display alone take "
-                       "about 1.4 ms. Measured and no better: displaying from ipykernel's I/O thread so that the "
-                       "cell does not wait for the flushes, and making the bar after the first tasks are sent "
-                       "(both then compete with the call for the GIL and the 2 cores). A tiny-task call took "
-                       "{kernel_call_ms:.0f} ms in the kernel in this run (progress off), so 5% is "
-                       "{kernel_budget_ms:.1f} ms: under it, short calls would have to show no bar, and a cell's "
-                       "output would then depend on how long its call took (nbval compares outputs). Every call "
-                       "shows its bar.",
+    "second): three widget models (bar, numbers, box; their layouts and styles are shared by "
+    "every bar), one display (ipykernel first flushes the cell's stdout and stderr, a round "
+    "trip to its I/O thread each) and one final update. Timed inside 100 tiny-task calls in a "
+    "kernel: 2.6 ms to show the bar (1.3 ms of it waiting for those two flushes, about 1 ms "
+    "making the three models), 0.6 ms to end it; a single widget and its display alone take "
+    "about 1.4 ms. Measured and no better: displaying from ipykernel's I/O thread so that the "
+    "cell does not wait for the flushes, and making the bar after the first tasks are sent "
+    "(both then compete with the call for the GIL and the 2 cores). A tiny-task call took "
+    "{kernel_call_ms:.0f} ms in the kernel in this run (progress off), so 5% is "
+    "{kernel_budget_ms:.1f} ms: under it, short calls would have to show no bar, and a cell's "
+    "output would then depend on how long its call took (nbval compares outputs). Every call "
+    "shows its bar.",
 }
 
 
@@ -187,7 +201,9 @@ def targets(results: dict) -> list[str]:
     """The performance issue's targets, each checked against this file's numbers."""
     rows: list[tuple[str, str, bool | None, str]] = []
 
-    def check(name: str, what: str, value: float | None, limit: float, below: bool = True, unit: str = "x") -> None:
+    def check(
+        name: str, what: str, value: float | None, limit: float, below: bool = True, unit: str = "x"
+    ) -> None:
         if value is None:
             rows.append((what, "not measured", None, name))
             return
@@ -199,64 +215,159 @@ def targets(results: dict) -> list[str]:
         return a / b if a and b else None
 
     def memory(workload: str) -> float | None:
-        r, s = results.get(workload, {}).get("nbparallel", {}), results.get(workload, {}).get("serial", {})
+        r, s = (
+            results.get(workload, {}).get("nbparallel", {}),
+            results.get(workload, {}).get("serial", {}),
+        )
         return r["peak_mb"] / s["peak_mb"] if "peak_mb" in r and "peak_mb" in s else None
 
-    check("tiny", "tiny tasks <= 1.5x stdlib Pool", ratio("tiny-tasks", "nbparallel", "stdlib"), 1.5)
-    check("tiny-stretch", "tiny tasks <= 1.0x stdlib Pool (stretch)", ratio("tiny-tasks", "nbparallel", "stdlib"), 1.0)
-    check("tiny", "tiny tasks, items in a list, <= 1.5x stdlib Pool", ratio("tiny-tasks-list", "nbparallel", "stdlib"), 1.5)
-    check("tiny-stretch", "tiny tasks, items in a list, <= 1.0x stdlib Pool (stretch)",
-          ratio("tiny-tasks-list", "nbparallel", "stdlib"), 1.0)
-    check("warm-small", "warm small map, progress off, <= 3x stdlib Pool (fork)", ratio("warm-small", "nbparallel", "stdlib"), 3.0)
-    check("warm-small", "warm small map, progress off, <= 3x stdlib Pool (spawn)",
-          ratio("warm-small", "nbparallel", "stdlib-spawn"), 3.0)
-    dill_peers = [m for lib in DILL_OR_CLOUDPICKLE_PEERS if (m := _median(results, "warm-small", lib))]
+    check(
+        "tiny", "tiny tasks <= 1.5x stdlib Pool", ratio("tiny-tasks", "nbparallel", "stdlib"), 1.5
+    )
+    check(
+        "tiny-stretch",
+        "tiny tasks <= 1.0x stdlib Pool (stretch)",
+        ratio("tiny-tasks", "nbparallel", "stdlib"),
+        1.0,
+    )
+    check(
+        "tiny",
+        "tiny tasks, items in a list, <= 1.5x stdlib Pool",
+        ratio("tiny-tasks-list", "nbparallel", "stdlib"),
+        1.5,
+    )
+    check(
+        "tiny-stretch",
+        "tiny tasks, items in a list, <= 1.0x stdlib Pool (stretch)",
+        ratio("tiny-tasks-list", "nbparallel", "stdlib"),
+        1.0,
+    )
+    check(
+        "warm-small",
+        "warm small map, progress off, <= 3x stdlib Pool (fork)",
+        ratio("warm-small", "nbparallel", "stdlib"),
+        3.0,
+    )
+    check(
+        "warm-small",
+        "warm small map, progress off, <= 3x stdlib Pool (spawn)",
+        ratio("warm-small", "nbparallel", "stdlib-spawn"),
+        3.0,
+    )
+    dill_peers = [
+        m for lib in DILL_OR_CLOUDPICKLE_PEERS if (m := _median(results, "warm-small", lib))
+    ]
     with_bar = _median(results, "warm-small", "nbparallel+progress")
-    check("warm-progress", "warm small map with progress / fastest dill or cloudpickle peer < 1",
-          with_bar / min(dill_peers) if with_bar and dill_peers else None, 0.999)
-    check("big-results", "big results <= 1.0x concurrent.futures", ratio("big-results", "nbparallel", "futures"), 1.0)
-    check("cpu-bound", "CPU-bound speedup over serial >= 1.9x", _speedup(results, "nbparallel"), 1.9, below=False)
-    check("big-numpy-arg", "big numpy argument <= 0.5x joblib", ratio("big-numpy-arg", "nbparallel", "joblib"), 0.5)
-    check("big-numpy-memory", "big numpy argument, peak memory <= 1.6x serial", memory("big-numpy-arg"), 1.6)
+    check(
+        "warm-progress",
+        "warm small map with progress / fastest dill or cloudpickle peer < 1",
+        with_bar / min(dill_peers) if with_bar and dill_peers else None,
+        0.999,
+    )
+    check(
+        "big-results",
+        "big results <= 1.0x concurrent.futures",
+        ratio("big-results", "nbparallel", "futures"),
+        1.0,
+    )
+    check(
+        "cpu-bound",
+        "CPU-bound speedup over serial >= 1.9x",
+        _speedup(results, "nbparallel"),
+        1.9,
+        below=False,
+    )
+    check(
+        "big-numpy-arg",
+        "big numpy argument <= 0.5x joblib",
+        ratio("big-numpy-arg", "nbparallel", "joblib"),
+        0.5,
+    )
+    check(
+        "big-numpy-memory",
+        "big numpy argument, peak memory <= 1.6x serial",
+        memory("big-numpy-arg"),
+        1.6,
+    )
     mpire_global = ratio("big-global", "nbparallel", "mpire")
-    check("big-global", "big notebook global <= 1.5x MPIRE" if mpire_global else
-          "big notebook global <= 1.5x MPIRE (MPIRE failed: compared with joblib, the fastest that ran)",
-          mpire_global or ratio("big-global", "nbparallel", "joblib"), 1.5)
-    check("big-global-memory", "big notebook global, peak memory <= 1.6x serial", memory("big-global"), 1.6)
+    check(
+        "big-global",
+        "big notebook global <= 1.5x MPIRE"
+        if mpire_global
+        else "big notebook global <= 1.5x MPIRE (MPIRE failed: compared with joblib, the fastest that ran)",
+        mpire_global or ratio("big-global", "nbparallel", "joblib"),
+        1.5,
+    )
+    check(
+        "big-global-memory",
+        "big notebook global, peak memory <= 1.6x serial",
+        memory("big-global"),
+        1.6,
+    )
     first = _extra(results, "heavy-closure", "first_call_s")
     check("heavy-first", "heavy closure, first call <= 1 s", first, 1.0, unit=" s")
-    check("heavy", "heavy closure, repeated call <= 1.5x MPIRE", ratio("heavy-closure", "nbparallel", "mpire"), 1.5)
+    check(
+        "heavy",
+        "heavy closure, repeated call <= 1.5x MPIRE",
+        ratio("heavy-closure", "nbparallel", "mpire"),
+        1.5,
+    )
     check("cold", "cold start <= 2x stdlib spawn", ratio("cold", "nbparallel", "stdlib-spawn"), 2.0)
-    check("progress", "text progress bar on / off on tiny tasks < 1.05",
-          _extra(results, "progress-overhead", "on_over_off"), 1.049)
-    check("progress-widget", "progress widget on / off on tiny tasks, in a real kernel, < 1.05",
-          _extra(results, "progress-overhead", "on_over_off", "nbparallel-kernel"), 1.049)
-    lines = ["## Targets of the performance issue, checked", "",
-             "| target | measured | met |", "| --- | --- | --- |"]
+    check(
+        "progress",
+        "text progress bar on / off on tiny tasks < 1.05",
+        _extra(results, "progress-overhead", "on_over_off"),
+        1.049,
+    )
+    check(
+        "progress-widget",
+        "progress widget on / off on tiny tasks, in a real kernel, < 1.05",
+        _extra(results, "progress-overhead", "on_over_off", "nbparallel-kernel"),
+        1.049,
+    )
+    lines = [
+        "## Targets of the performance issue, checked",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+    ]
     for what, measured, met, _ in rows:
         lines.append(f"| {what} | {measured} | {'yes' if met else 'no' if met is False else '-'} |")
     missed = [(what, name) for what, _, met, name in rows if met is False]
-    kernel_call_ms = 1000 * (_extra(results, "progress-overhead", "off_s", "nbparallel-kernel") or float("nan"))
+    kernel_call_ms = 1000 * (
+        _extra(results, "progress-overhead", "off_s", "nbparallel-kernel") or float("nan")
+    )
     facts = {
         "cpu_peers": ", ".join(
-            f"{lib} {speedup:.2f}x" for lib in PEERS if (speedup := _speedup(results, lib)) is not None),
-        "kernel_call_ms": kernel_call_ms, "kernel_budget_ms": kernel_call_ms * 0.05,
+            f"{lib} {speedup:.2f}x"
+            for lib in PEERS
+            if (speedup := _speedup(results, lib)) is not None
+        ),
+        "kernel_call_ms": kernel_call_ms,
+        "kernel_budget_ms": kernel_call_ms * 0.05,
     }
     if missed:
         lines += ["", "Why the missed ones are missed:", ""]
-        lines += [f"- **{what}**: {WHY_MISSED.get(name, 'not explained yet.').format(**facts)}" for what, name in missed]
+        lines += [
+            f"- **{what}**: {WHY_MISSED.get(name, 'not explained yet.').format(**facts)}"
+            for what, name in missed
+        ]
     return lines + [""]
 
 
 def write_report(out: Path, runs: list[str], results: dict) -> None:
     lines = [
-        "# nbparallel against its peers", "",
-        "Commands that produced this file, in order (a later `--only` run replaces those workloads):", "",
-        *(f"- {run}" for run in runs), "",
+        "# nbparallel against its peers",
+        "",
+        "Commands that produced this file, in order (a later `--only` run replaces those workloads):",
+        "",
+        *(f"- {run}" for run in runs),
+        "",
         f"On {platform.machine()}, Python {platform.python_version()}, 2 cores (shared, noisy: read ratios). "
         "Each library is used as a notebook user would (functions in `__main__`, lambdas where it can "
         "send them), in its own process, warm-up first. 'Ratio to best peer' compares with the fastest "
-        "peer in the same table; peak memory is the whole process tree.", "",
+        "peer in the same table; peak memory is the whole process tree.",
+        "",
         *targets(results),
     ]
     for workload in WORKLOADS:
@@ -268,10 +379,17 @@ def write_report(out: Path, runs: list[str], results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", nargs="*", default=list(WORKLOADS),
-                        help="run these workloads again; the others keep their results from the last run")
-    parser.add_argument("--report-only", action="store_true",
-                        help="run nothing: write results.md again from results.json")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=list(WORKLOADS),
+        help="run these workloads again; the others keep their results from the last run",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write results.md again from results.json",
+    )
     args = parser.parse_args()
     out = HERE / "results"
     out.mkdir(exist_ok=True)
@@ -290,7 +408,9 @@ def main() -> None:
                 r = results[workload][library]
                 print(f"{workload:18} {library:20} {r.get('median', r.get('error'))}", flush=True)
         command = "python benchmarks/run.py" + (f" --only {' '.join(args.only)}" if partial else "")
-        runs.append(f"`{command}`, run {time.strftime('%Y-%m-%d %H:%M')} in {time.time() - started:.0f} s")
+        runs.append(
+            f"`{command}`, run {time.strftime('%Y-%m-%d %H:%M')} in {time.time() - started:.0f} s"
+        )
         kept.write_text(json.dumps({"runs": runs, "results": results}, indent=1))
     write_report(out, runs, results)
 

@@ -61,8 +61,10 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.push({"parallel": parallel})
     stopped = lifecycle.reap_orphans()
     if stopped:
-        print(f"nbparallel: stopped {stopped} worker process{'es' if stopped > 1 else ''} left "
-              f"behind by a kernel that is gone")
+        print(
+            f"nbparallel: stopped {stopped} worker process{'es' if stopped > 1 else ''} left "
+            f"behind by a kernel that is gone"
+        )
 
 
 def unload_ipython_extension(ipython: Any) -> None:

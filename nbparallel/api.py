@@ -77,12 +77,18 @@ class Parallel:
         """
         with self._lock:
             previous, self._options = self._options, self._options.merged(session=True, **options)
-            retired = self._backends.pop("dask", None) if previous.address is not self._options.address else None
+            retired = (
+                self._backends.pop("dask", None)
+                if previous.address is not self._options.address
+                else None
+            )
             backend = self._backends.get(self._options.backend)
             if backend is not None:
                 if backend.size != self._options.worker_count:
                     backend.resize(self._options.worker_count)
-                backend.set_limits(self._options.max_tasks_per_worker, self._options.max_worker_memory)
+                backend.set_limits(
+                    self._options.max_tasks_per_worker, self._options.max_worker_memory
+                )
         if retired is not None:
             retired.shutdown()
         return self._options
@@ -96,7 +102,9 @@ class Parallel:
             backend = self._backends.get(options.backend)
             if backend is None:
                 backend = self._backends[options.backend] = backends.create(
-                    dataclasses.replace(self._options, backend=options.backend, workers=options.workers)
+                    dataclasses.replace(
+                        self._options, backend=options.backend, workers=options.workers
+                    )
                 )
             if backend.size < options.worker_count:
                 backend.resize(options.worker_count)
@@ -167,15 +175,21 @@ class Parallel:
             return self._decorator(func, options)
         return self._collect(func, items, options, "map")
 
-    def imap(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> Iterator[Any]:
+    def imap(
+        self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any
+    ) -> Iterator[Any]:
         """Results one by one in input order, as soon as each is ready; reads the input lazily."""
         return calls.one_by_one(self._stream(func, items, options, "map", True))
 
-    def imap_unordered(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> Iterator[Any]:
+    def imap_unordered(
+        self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any
+    ) -> Iterator[Any]:
         """Results one by one in the order they finish."""
         return calls.one_by_one(self._stream(func, items, options, "map", False))
 
-    def map_async(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> MapHandle:
+    def map_async(
+        self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any
+    ) -> MapHandle:
         """Like `map`, but returns at once: the call runs while other cells run.
 
         Its progress bar stays live in the calling cell. `handle.result()` waits for the list
@@ -189,7 +203,9 @@ class Parallel:
             collected,
         )
 
-    def starmap(self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any) -> list[Any]:
+    def starmap(
+        self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any
+    ) -> list[Any]:
         """`func(*args)` for every tuple of arguments: a list in input order."""
         __tracebackhide__ = True
         return self._collect(func, items, options, "star")
@@ -199,21 +215,40 @@ class Parallel:
         options = self._options
         return calls.submit(lambda: self._get_backend(options), func, args, kwargs, options)
 
-    def _stream(self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str,
-                ordered: bool, collected: list[Any] | None = None,
-                background: queue.SimpleQueue[Any] | None = None) -> Iterator[list[Any]]:
+    def _stream(
+        self,
+        func: Any,
+        items: Iterable[Any],
+        overrides: dict[str, Any],
+        mode: str,
+        ordered: bool,
+        collected: list[Any] | None = None,
+        background: queue.SimpleQueue[Any] | None = None,
+    ) -> Iterator[list[Any]]:
         options = self._options.merged(**overrides)
 
         def keep_partial(unyielded: dict[int, Any]) -> None:
             self._partial = {**dict(enumerate(collected or ())), **unyielded}
 
-        return calls.stream(lambda: self._get_backend(options), func, items, options, mode, ordered,
-                            keep_partial, background)
+        return calls.stream(
+            lambda: self._get_backend(options),
+            func,
+            items,
+            options,
+            mode,
+            ordered,
+            keep_partial,
+            background,
+        )
 
-    def _collect(self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str) -> list[Any]:
+    def _collect(
+        self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str
+    ) -> list[Any]:
         __tracebackhide__ = True
         results: list[Any] = []  # keep_partial reads what arrived before a failure from here
-        return calls.collect(self._stream(func, items, overrides, mode, True, collected=results), results)
+        return calls.collect(
+            self._stream(func, items, overrides, mode, True, collected=results), results
+        )
 
     def _decorator(self, func: Any, options: dict[str, Any]) -> Any:
         self._options.merged(**options)  # bad options fail at decoration time
@@ -243,5 +278,7 @@ class PoolStatus:
             return "nbparallel: no workers running (the pool starts on the first call)"
         lines = [f"nbparallel: {len(self.workers)} workers", "    pid  state     tasks  memory"]
         for w in self.workers:
-            lines.append(f"{w.pid:>7}  {w.state:<8} {w.tasks_done:>6}  {w.memory_rss / 2**20:6.1f} MiB")
+            lines.append(
+                f"{w.pid:>7}  {w.state:<8} {w.tasks_done:>6}  {w.memory_rss / 2**20:6.1f} MiB"
+            )
         return "\n".join(lines)

@@ -24,8 +24,12 @@ class MapHandle:
     The results are the same list `parallel.map` returns; an error is the same exception.
     """
 
-    def __init__(self, name: str, start: Callable[[queue.SimpleQueue[Any]], Iterator[list[Any]]],
-                 collected: list[Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        start: Callable[[queue.SimpleQueue[Any]], Iterator[list[Any]]],
+        collected: list[Any],
+    ) -> None:
         """`start(events)` checks the call and returns its lazy results, a list per chunk (see `calls.stream`),
         which are collected into `collected`."""
         self.name = name
@@ -37,7 +41,10 @@ class MapHandle:
         results = start(self._events)  # bad input and unsendable functions raise here, at once
         context = contextvars.copy_context()
         self._thread = threading.Thread(
-            target=context.run, args=(self._collect, results), name=f"nbparallel-map-async-{name}", daemon=True,
+            target=context.run,
+            args=(self._collect, results),
+            name=f"nbparallel-map-async-{name}",
+            daemon=True,
         )
         self._thread.start()
 

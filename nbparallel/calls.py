@@ -44,8 +44,12 @@ def check_function(func: object) -> None:
 
 
 def stream(
-    get_backend: Callable[[], Backend], func: Callable[..., Any], items: Iterable[Any], options: Options,
-    kind: str = "map", ordered: bool = True,
+    get_backend: Callable[[], Backend],
+    func: Callable[..., Any],
+    items: Iterable[Any],
+    options: Options,
+    kind: str = "map",
+    ordered: bool = True,
     keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
     background: queue.SimpleQueue[Any] | None = None,
 ) -> Iterator[list[Any]]:
@@ -80,8 +84,15 @@ def stream(
     sizer = chunking.ChunkSizer(total, options.worker_count, options.chunksize)
     # Star items go through their check; others as given, for `chunking.chunks` to slice if it can.
     pieces = chunking.chunks(iterator if kind == "star" else items, sizer)
-    return _run(tracker, events, lambda: progress or _progress(backend, call, total, options),
-                ordered, keep_partial, pieces, sizer)
+    return _run(
+        tracker,
+        events,
+        lambda: progress or _progress(backend, call, total, options),
+        ordered,
+        keep_partial,
+        pieces,
+        sizer,
+    )
 
 
 def collect(batches: Iterator[list[Any]], into: list[Any]) -> list[Any]:
@@ -102,8 +113,11 @@ def one_by_one(batches: Iterator[list[Any]]) -> Iterator[Any]:
 
 
 def submit(
-    get_backend: Callable[[], Backend], func: Callable[..., Any], args: tuple[Any, ...],
-    kwargs: dict[str, Any], options: Options,
+    get_backend: Callable[[], Backend],
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: Options,
 ) -> Future[Any]:
     """Run `func(*args, **kwargs)` on a worker; a Future of its result (which raises the task's
     exception, whatever the session's `errors` rule says: that rule is for maps)."""
@@ -142,7 +156,9 @@ def submit(
     return future
 
 
-def run_setup(get_backend: Callable[[], Backend], source: str, namespace: dict[str, Any], filename: str) -> int:
+def run_setup(
+    get_backend: Callable[[], Backend], source: str, namespace: dict[str, Any], filename: str
+) -> int:
     """Run `source` in every worker (and in each worker started later); how many ran it.
 
     The code reads notebook variables from `namespace` (they are sent along, checked like a
@@ -159,17 +175,25 @@ def run_setup(get_backend: Callable[[], Backend], source: str, namespace: dict[s
     carrier.__qualname__ = carrier.__name__
     backend = get_backend()
     events: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    tracker = Tracker(backend, _new_call(backend, carrier, "setup", Options())(events.put, 0), "raise", 0)
+    tracker = Tracker(
+        backend, _new_call(backend, carrier, "setup", Options())(events.put, 0), "raise", 0
+    )
     chunks = backend.run_on_every_worker(tracker.call, [used])
     tracker.expect(chunks)
-    collections.deque(_run(tracker, events, lambda: Progress(None, False, carrier.__name__)), maxlen=0)
+    collections.deque(
+        _run(tracker, events, lambda: Progress(None, False, carrier.__name__)), maxlen=0
+    )
     return len(chunks)
 
 
 def _run(
-    tracker: Tracker, events: queue.SimpleQueue[Any], make_progress: Callable[[], Progress],
-    ordered: bool = False, keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
-    pieces: Iterator[tuple[int, Any]] | None = None, sizer: chunking.ChunkSizer | None = None,
+    tracker: Tracker,
+    events: queue.SimpleQueue[Any],
+    make_progress: Callable[[], Progress],
+    ordered: bool = False,
+    keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
+    pieces: Iterator[tuple[int, Any]] | None = None,
+    sizer: chunking.ChunkSizer | None = None,
 ) -> Iterator[list[Any]]:
     """Send `pieces` as chunks, a window at a time, and yield each chunk's results as the tracker
     reads them from `events` (in input order if `ordered`), until no chunk is left."""
@@ -223,7 +247,8 @@ def _run(
             tracker.cancel(stop_running=False)
             unyielded = {
                 first + offset: result
-                for first, results in waiting.items() for offset, result in enumerate(results)
+                for first, results in waiting.items()
+                for offset, result in enumerate(results)
             }
             keep_partial({**unyielded, **tracker.failing_chunk})
         tracker.finish()
@@ -232,13 +257,20 @@ def _run(
 
 def _progress(backend: Backend, call: tasks.Call, total: int | None, options: Options) -> Progress:
     return Progress(
-        total, options.progress, call.name, running=lambda: backend.running_items(call),
+        total,
+        options.progress,
+        call.name,
+        running=lambda: backend.running_items(call),
         workers=backend.status if options.show_workers else None,
     )
 
 
-def _new_call(backend: Backend, func: Callable[..., Any], kind: str, options: Options,
-              ) -> Callable[[Callable[[object], None], int], tasks.Call]:
+def _new_call(
+    backend: Backend,
+    func: Callable[..., Any],
+    kind: str,
+    options: Options,
+) -> Callable[[Callable[[object], None], int], tasks.Call]:
     """Serialize `func` once (if the backend copies it elsewhere); then make Calls of it.
 
     Raises:
@@ -251,8 +283,13 @@ def _new_call(backend: Backend, func: Callable[..., Any], kind: str, options: Op
 
     def new_call(deliver: Callable[[object], None], max_workers: int) -> tasks.Call:
         return tasks.Call(
-            call_id=tasks.next_id(), function=func, payload=payload, kind=kind,
-            max_workers=max_workers, deliver=deliver, timeout=options.timeout,
+            call_id=tasks.next_id(),
+            function=func,
+            payload=payload,
+            kind=kind,
+            max_workers=max_workers,
+            deliver=deliver,
+            timeout=options.timeout,
             keep_going=options.errors != "raise",
         )
 

@@ -5,8 +5,8 @@ the notebook cells and submodules its code needs in a worker.
 
 from __future__ import annotations
 
-import functools
 import dis
+import functools
 import io
 import linecache
 import sys
@@ -32,7 +32,6 @@ def needs_value(obj: object) -> bool:
     return is_notebook_code(obj) or "<" in getattr(obj, "__qualname__", "<")
 
 
-
 def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
     yield code
     for const in code.co_consts:
@@ -43,19 +42,21 @@ def _code_objects(code: types.CodeType) -> Iterator[types.CodeType]:
 @functools.lru_cache(maxsize=1024)  # read on every call of a function: disassemble it once
 def global_names(code: types.CodeType) -> frozenset[str]:
     """Names the code reads as globals (not attribute names, which share co_names)."""
-    return frozenset({
-        ins.argval
-        for c in _code_objects(code)
-        for ins in dis.get_instructions(c)
-        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")
-    })
+    return frozenset(
+        {
+            ins.argval
+            for c in _code_objects(code)
+            for ins in dis.get_instructions(c)
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+        }
+    )
 
 
 def _direct_captures(obj: object) -> Iterator[tuple[str, object]]:
     """(name, value) pairs that would be copied along with `obj` by value."""
     if isinstance(obj, types.FunctionType):
         code = obj.__code__
-        for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
+        for name, cell in zip(code.co_freevars, obj.__closure__ or (), strict=False):
             try:
                 yield name, cell.cell_contents
             except ValueError:  # an empty cell: the variable is not assigned yet
@@ -155,7 +156,9 @@ def submodules_used(functions: list[types.FunctionType]) -> list[str]:
     needed: set[str] = set()
     for function in functions:
         names = {name for code in _code_objects(function.__code__) for name in code.co_names}
-        packages = [v.__name__ for v in function.__globals__.values() if isinstance(v, types.ModuleType)]
+        packages = [
+            v.__name__ for v in function.__globals__.values() if isinstance(v, types.ModuleType)
+        ]
         while packages:  # xml -> xml.dom -> xml.dom.minidom
             package = packages.pop()
             for name in names:

@@ -96,7 +96,7 @@ def chunks(items: Iterable[Any], sizer: ChunkSizer) -> Iterator[tuple[int, Seque
         sequence = cast(Sequence[Any], items)
         position = 0
         while position < len(sequence):
-            chunk = sequence[position:position + sizer.size]
+            chunk = sequence[position : position + sizer.size]
             yield position, chunk
             position += len(chunk)
         return

@@ -34,8 +34,14 @@ def _process_vm_readv() -> Any:
     except (OSError, AttributeError):  # a libc without it
         return None
     function.restype = ctypes.c_ssize_t
-    function.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong,
-                         ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_ulong]
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.POINTER(_IoVec),
+        ctypes.c_ulong,
+        ctypes.POINTER(_IoVec),
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
     return function
 
 

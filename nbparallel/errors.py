@@ -27,7 +27,9 @@ def short_repr(obj: object) -> str:
 def type_name(obj: object) -> str:
     cls = type(obj)
     module = cls.__module__
-    return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    return (
+        cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    )
 
 
 class NbParallelError(Exception):
@@ -101,7 +103,9 @@ def unsendable_capture(func_name: str, path: str, obj: object, kind: str) -> Uns
     )
 
 
-def unpicklable_capture(func_name: str, path: str, obj: object, error: BaseException) -> UnsendableError:
+def unpicklable_capture(
+    func_name: str, path: str, obj: object, error: BaseException
+) -> UnsendableError:
     return UnsendableError(
         f"cannot send {func_name!r} to the workers: it captures {path!r} ({type_name(obj)}), "
         f"which cannot be serialized ({type(error).__name__}: {error}). Create it inside the "
@@ -156,7 +160,9 @@ def _running(position: int | None, item_repr: str | None) -> str:
     return f"while running item {position} ({item_repr})"
 
 
-def worker_died(pid: int, returncode: int | None, position: int | None, item_repr: str | None) -> WorkerDiedError:
+def worker_died(
+    pid: int, returncode: int | None, position: int | None, item_repr: str | None
+) -> WorkerDiedError:
     if returncode is None:
         how = "closed its connection"
     elif returncode < 0:
@@ -174,7 +180,9 @@ def worker_died(pid: int, returncode: int | None, position: int | None, item_rep
     )
 
 
-def timed_out(func_name: str, pid: int, timeout: float, position: int | None, item_repr: str | None) -> TaskTimeoutError:
+def timed_out(
+    func_name: str, pid: int, timeout: float, position: int | None, item_repr: str | None
+) -> TaskTimeoutError:
     return TaskTimeoutError(
         f"{func_name!r} ran longer than timeout={timeout:g} s {_running(position, item_repr)}; "
         f"its worker (pid {pid}) was stopped and replaced. Raise the timeout, or use "
@@ -193,7 +201,9 @@ def load_note(pid: int) -> str:
     return f"nbparallel: raised in worker pid {pid} while rebuilding the function or the items sent to it"
 
 
-def unloadable_results(func_name: str, position: int, size: int, error: BaseException) -> ResultError:
+def unloadable_results(
+    func_name: str, position: int, size: int, error: BaseException
+) -> ResultError:
     return ResultError(
         f"{func_name!r} ran on items {position} to {position + size - 1}, but their results could not "
         f"be rebuilt here: {type(error).__name__}: {error}. Return plain data instead."
@@ -211,14 +221,15 @@ def unknown_option(name: str, known: list[str]) -> TypeError:
 def timeout_needs_processes(backend: str) -> OptionError:
     return OptionError(
         f"timeout= needs the processes backend: a task on {backend} cannot be stopped once it "
-        f"runs. Use backend=\"processes\", or check the time inside the function."
+        f'runs. Use backend="processes", or check the time inside the function.'
     )
 
 
 def dask_missing(module: str = "distributed") -> ModuleNotFoundError:
     return ModuleNotFoundError(
-        f'the dask backend needs the {module} package, which is not installed. Install it with: '
-        'pip install "nbparallel[dask]"', name=module,
+        f"the dask backend needs the {module} package, which is not installed. Install it with: "
+        'pip install "nbparallel[dask]"',
+        name=module,
     )
 
 
@@ -239,7 +250,9 @@ def dask_cluster_exited(
     )
 
 
-def dask_task_lost(func_name: str, position: int, size: int, error: BaseException) -> WorkerDiedError:
+def dask_task_lost(
+    func_name: str, position: int, size: int, error: BaseException
+) -> WorkerDiedError:
     return WorkerDiedError(
         f"the dask cluster lost the task running {func_name!r} on items {position} to "
         f"{position + size - 1}: {type(error).__name__}: {error}. A worker may have died (memory?); "
@@ -290,7 +303,9 @@ def worker_never_ready(pid: int, seconds: float) -> WorkerDiedError:
 
 
 def pool_restarted() -> NbParallelError:
-    return NbParallelError("the pool was restarted while this task was running; run the call again.")
+    return NbParallelError(
+        "the pool was restarted while this task was running; run the call again."
+    )
 
 
 def pool_shut_down() -> NbParallelError:
@@ -306,11 +321,13 @@ def cancel_unanswered(name: str, seconds: float) -> NbParallelError:
 
 
 def unsafe_record_folder(path: str, problem: str) -> str:
-    return (f"nbparallel: not using {path!r} for its worker records: it {problem}. Whoever can "
-            "write there can make nbparallel stop any of your processes, so workers left behind "
-            "by a dead kernel are not stopped while this lasts. Set NBPARALLEL_STATE_DIR to a "
-            "folder only you can write to, or remove this one (ask an administrator if it is "
-            "not yours).")
+    return (
+        f"nbparallel: not using {path!r} for its worker records: it {problem}. Whoever can "
+        "write there can make nbparallel stop any of your processes, so workers left behind "
+        "by a dead kernel are not stopped while this lasts. Set NBPARALLEL_STATE_DIR to a "
+        "folder only you can write to, or remove this one (ask an administrator if it is "
+        "not yours)."
+    )
 
 
 def launcher_stuck(seconds: float) -> NbParallelError:

@@ -93,7 +93,12 @@ def item_caller(func: Callable[..., Any], kind: str) -> Callable[[Any], Any]:
 
 
 def run_chunk(
-    func: Callable[..., Any], items: Sequence[Any], kind: str, call_id: int, slot: Any, keep_going: bool,
+    func: Callable[..., Any],
+    items: Sequence[Any],
+    kind: str,
+    call_id: int,
+    slot: Any,
+    keep_going: bool,
 ) -> list[Any]:
     """Call `func` on each item in order; stop early if the call is cancelled.
 
@@ -145,8 +150,14 @@ def _describe(error: BaseException, item: Any) -> messages.Failure:
     )
 
 
-def _failed(task: messages.RunTask, stage: str, offset: int, items: list[Any], results: list[Any],
-            error: BaseException) -> messages.TaskFailed:
+def _failed(
+    task: messages.RunTask,
+    stage: str,
+    offset: int,
+    items: list[Any],
+    results: list[Any],
+    error: BaseException,
+) -> messages.TaskFailed:
     try:
         done = serialize.dumps(results)
     except BaseException:
@@ -183,7 +194,9 @@ class SetupNamespace:
         namespace[self._MARK] = self.generation
 
 
-def run_task(task: messages.RunTask, functions: FunctionCache, setup: SetupNamespace, slot: Any) -> object:
+def run_task(
+    task: messages.RunTask, functions: FunctionCache, setup: SetupNamespace, slot: Any
+) -> object:
     """Run one task (loading its function and items); the message to send back."""
     items: list[Any] = []
     try:
@@ -212,7 +225,9 @@ def run_task(task: messages.RunTask, functions: FunctionCache, setup: SetupNames
         ]
     try:
         frames = serialize.dumps_frames(results)
-        return messages.TaskDone(task.task_id, None, seconds, frames, nbytes + transport.frame_bytes(frames))
+        return messages.TaskDone(
+            task.task_id, None, seconds, frames, nbytes + transport.frame_bytes(frames)
+        )
     except BaseException as error:  # a result whose pickling raises, or even exits
         offset = _first_unsendable(results)
         return _failed(task, "result", offset, items, results[:offset], error)

@@ -1,9 +1,9 @@
 """`%%parallel` and `%parallel`: parse the line, build a function from the cell, call `parallel`.
 
-    %%parallel for path in files -> sizes [--workers N] [--chunksize N] [--unordered] [--no-progress]
-                                          [--show-workers] [--background] [--backend NAME]
-    %%parallel --every-worker
-    %parallel [status | workers N | restart | shutdown]
+%%parallel for path in files -> sizes [--workers N] [--chunksize N] [--unordered] [--no-progress]
+                                      [--show-workers] [--background] [--backend NAME]
+%%parallel --every-worker
+%parallel [status | workers N | restart | shutdown]
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from .api import Parallel
 from .options import BACKENDS
 
-_SPEC = re.compile(r"^\s*for\s+(?P<target>.+?)\s+in\s+(?P<iterable>.+?)(?:\s*->\s*(?P<result>\S+))?\s*$")
+_SPEC = re.compile(
+    r"^\s*for\s+(?P<target>.+?)\s+in\s+(?P<iterable>.+?)(?:\s*->\s*(?P<result>\S+))?\s*$"
+)
 _ITEM = "__nbparallel_item__"
 _SPEC_HELP = (
     "write the loop as: %%parallel for NAME in ITERABLE [-> RESULT] [options], for example\n"
@@ -35,7 +37,7 @@ def split_line(line: str) -> tuple[str, str]:
     index = (" " + line).find(" --")
     if index < 0:
         return line.strip(), ""
-    return line[:max(index - 1, 0)].strip(), line[max(index - 1, 0):].strip()
+    return line[: max(index - 1, 0)].strip(), line[max(index - 1, 0) :].strip()
 
 
 def parse_loop(spec: str) -> tuple[str, str, str | None]:
@@ -55,13 +57,19 @@ def parse_loop(spec: str) -> tuple[str, str, str | None]:
     try:
         ast.parse(iterable, mode="eval")
     except SyntaxError as error:
-        raise UsageError(f"%%parallel: {iterable!r} is not a Python expression ({error.msg})") from None
+        raise UsageError(
+            f"%%parallel: {iterable!r} is not a Python expression ({error.msg})"
+        ) from None
     if result is not None and not result.isidentifier():
-        raise UsageError(f"%%parallel: the result after '->' must be a variable name, got {result!r}")
+        raise UsageError(
+            f"%%parallel: the result after '->' must be a variable name, got {result!r}"
+        )
     return target, iterable, result
 
 
-def cell_function(target: str, source: str, namespace: dict[str, Any], filename: str) -> types.FunctionType:
+def cell_function(
+    target: str, source: str, namespace: dict[str, Any], filename: str
+) -> types.FunctionType:
     """The cell as a function of one item: binds `target`, runs the body, returns the last expression.
 
     Its globals are the notebook's, so what it uses is sent along like any notebook function;
@@ -78,7 +86,9 @@ def cell_function(target: str, source: str, namespace: dict[str, Any], filename:
     function.body.extend(body)
     module = ast.fix_missing_locations(ast.Module(body=[function], type_ignores=[]))
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    code = next(c for c in compile(module, filename, "exec").co_consts if isinstance(c, types.CodeType))
+    code = next(
+        c for c in compile(module, filename, "exec").co_consts if isinstance(c, types.CodeType)
+    )
     func = types.FunctionType(code, namespace, "%%parallel cell")
     func.__qualname__ = func.__name__
     return func
@@ -99,14 +109,23 @@ class ParallelMagics(Magics):
     @argument("--unordered", action="store_true", help="collect results in the order they finish")
     @argument("--no-progress", action="store_true", help="do not show a progress bar")
     @argument("--show-workers", action="store_true", help="show the workers under the progress bar")
-    @argument("--background", action="store_true",
-              help="return at once: RESULT is a handle whose .result() is the list (see parallel.map_async)")
-    @argument("--backend", default=None,
-              help="where the loop runs: processes, threads or dask (default: the session's; "
-                   "--every-worker cells set up the session's backend)")
-    @argument("--every-worker", action="store_true",
-              help="run the cell once in every worker (and in each worker started later) instead "
-                   "of over items: for imports, loading a model, opening a connection")
+    @argument(
+        "--background",
+        action="store_true",
+        help="return at once: RESULT is a handle whose .result() is the list (see parallel.map_async)",
+    )
+    @argument(
+        "--backend",
+        default=None,
+        help="where the loop runs: processes, threads or dask (default: the session's; "
+        "--every-worker cells set up the session's backend)",
+    )
+    @argument(
+        "--every-worker",
+        action="store_true",
+        help="run the cell once in every worker (and in each worker started later) instead "
+        "of over items: for imports, loading a model, opening a connection",
+    )
     @cell_magic("parallel")  # type: ignore[arg-type]
     def parallel_cell(self, line: str, cell: str) -> Any:
         """Run the cell once per item, in parallel, on the worker pool.
@@ -132,32 +151,44 @@ class ParallelMagics(Magics):
         spec, option_text = split_line(line)
         args = parse_argstring(self.parallel_cell, option_text)
         if args.backend is not None and args.backend not in BACKENDS:
-            raise UsageError(f"%%parallel: unknown backend {args.backend!r}; the backends are: {', '.join(BACKENDS)}")
+            raise UsageError(
+                f"%%parallel: unknown backend {args.backend!r}; the backends are: {', '.join(BACKENDS)}"
+            )
         if args.background and args.unordered:
-            raise UsageError("%%parallel: --background collects results in input order; drop --unordered")
+            raise UsageError(
+                "%%parallel: --background collects results in input order; drop --unordered"
+            )
         self._cells += 1
         assert self.shell is not None
         source = self.shell.transform_cell(cell)
         namespace = self.shell.user_ns
         if args.every_worker:
             if spec:
-                raise UsageError("%%parallel --every-worker runs the cell on every worker: it takes no 'for ... in ...'")
+                raise UsageError(
+                    "%%parallel --every-worker runs the cell on every worker: it takes no 'for ... in ...'"
+                )
             count = self._parallel.run_on_every_worker(source, namespace)
             print(f"ran on {count} workers")
             return None
         target, iterable, result = parse_loop(spec)
         try:
             options = self._parallel.options.merged(
-                workers=args.workers, chunksize=args.chunksize, progress=False if args.no_progress else None,
-                show_workers=True if args.show_workers else None, backend=args.backend,
+                workers=args.workers,
+                chunksize=args.chunksize,
+                progress=False if args.no_progress else None,
+                show_workers=True if args.show_workers else None,
+                backend=args.backend,
             )
         except (TypeError, ValueError) as error:
             raise UsageError(f"%%parallel: {error}") from None
         func = cell_function(target, source, namespace, f"<%%parallel cell {self._cells}>")
         items = eval(iterable, namespace)  # noqa: S307 - the user's own expression, as in a for loop
         map_options = {
-            "workers": options.workers, "chunksize": options.chunksize, "progress": options.progress,
-            "show_workers": options.show_workers, "backend": options.backend,
+            "workers": options.workers,
+            "chunksize": options.chunksize,
+            "progress": options.progress,
+            "show_workers": options.show_workers,
+            "backend": options.backend,
         }
         if args.background:
             results: Any = self._parallel.map_async(func, items, **map_options)
@@ -187,7 +218,9 @@ class ParallelMagics(Magics):
                 count = int(words[1])
                 self._parallel.configure(workers=count)
             except (TypeError, ValueError):
-                raise UsageError(f"%parallel workers needs a positive whole number, got {words[1]!r}") from None
+                raise UsageError(
+                    f"%parallel workers needs a positive whole number, got {words[1]!r}"
+                ) from None
             print(f"nbparallel: {count} workers")
             return None
         if words == ["restart"]:
@@ -198,4 +231,6 @@ class ParallelMagics(Magics):
             self._parallel.shutdown()
             print("nbparallel: workers stopped")
             return None
-        raise UsageError(f"%parallel cannot read {line!r}; use: %parallel [status | workers N | restart | shutdown]")
+        raise UsageError(
+            f"%parallel cannot read {line!r}; use: %parallel [status | workers N | restart | shutdown]"
+        )

@@ -78,7 +78,8 @@ class TaskDone:
 class Failure:
     """An exception raised in a worker, as it travels back (also a result, with keep_going)."""
 
-    error: bytes | BaseException | None  # pickled (None if it cannot be rebuilt), or itself from a thread
+    # Pickled (None if it cannot be rebuilt), or the exception itself from a thread.
+    error: bytes | BaseException | None
     detail: str  # "Type: message", for when it cannot
     traceback: str
     item: str  # a short repr of the item it was raised on

@@ -64,7 +64,9 @@ class Options:
         if not _is_count(self.retries, minimum=0):
             raise errors.bad_option("retries", self.retries, "a whole number, 0 or more")
         if self.timeout is not None and (
-            isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not self.timeout > 0
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, (int, float))
+            or not self.timeout > 0
         ):
             raise errors.bad_option("timeout", self.timeout, "a number of seconds above 0, or None")
         if self.errors not in ("raise", "return", "skip"):

@@ -19,13 +19,17 @@ if TYPE_CHECKING:
 _SKIPPED = object()  # stands for an item left out with errors="skip"
 
 
-def rebuild(call: tasks.Call, position: int, failure: messages.Failure, stage: str = "raised") -> BaseException:
+def rebuild(
+    call: tasks.Call, position: int, failure: messages.Failure, stage: str = "raised"
+) -> BaseException:
     """The exception a worker reported, as the user's own type, with the remote traceback as cause."""
     live = isinstance(failure.error, BaseException)  # from a thread: it has its own traceback
     remote = errors.RemoteTraceback(f'\n"""\n{failure.traceback}"""')
     error = serialize.loads(failure.error) if isinstance(failure.error, bytes) else failure.error
     if stage == "result":
-        built: BaseException = errors.unsendable_result(call.name, position, failure.item, failure.detail)
+        built: BaseException = errors.unsendable_result(
+            call.name, position, failure.item, failure.detail
+        )
     elif error is None:
         built = errors.unloadable_exception(call.name, position, failure.item, failure.detail)
     elif not isinstance(error, Exception):  # SystemExit, KeyboardInterrupt: never re-raised as such
@@ -35,8 +39,10 @@ def rebuild(call: tasks.Call, position: int, failure: messages.Failure, stage: s
     else:
         built = error
         if hasattr(built, "add_note") and call.kind != "setup":
-            note = errors.load_note(failure.pid) if stage == "load" else errors.item_note(
-                position, failure.item, failure.pid
+            note = (
+                errors.load_note(failure.pid)
+                if stage == "load"
+                else errors.item_note(position, failure.item, failure.pid)
             )
             built.add_note(note)
     if not (live and built is error):
@@ -58,8 +64,9 @@ def lost(call: tasks.Call, chunk: tasks.Chunk, event: messages.TaskLost) -> Base
     return errors.worker_died(event.pid, event.returncode, position, item)
 
 
-def recover(call: tasks.Call, chunk: tasks.Chunk, event: messages.TaskLost, retries: int,
-            on_error: str) -> tasks.Chunk | None:
+def recover(
+    call: tasks.Call, chunk: tasks.Chunk, event: messages.TaskLost, retries: int, on_error: str
+) -> tasks.Chunk | None:
     """After a lost worker: the chunk to run again (a new task), None if nothing of it is left to
     run (every item has its outcome), or raise the call's error."""
     error = lost(call, chunk, event)
@@ -76,12 +83,14 @@ def recover(call: tasks.Call, chunk: tasks.Chunk, event: messages.TaskLost, retr
     del items[event.offset], offsets[event.offset]
     if not items:
         return dataclasses.replace(chunk, items=[], offsets=(), holes=holes)
-    return dataclasses.replace(chunk, task_id=tasks.next_id(), items=items, offsets=tuple(offsets),
-                               holes=holes, attempts=0)
+    return dataclasses.replace(
+        chunk, task_id=tasks.next_id(), items=items, offsets=tuple(offsets), holes=holes, attempts=0
+    )
 
 
-def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None,
-            on_error: str) -> tuple[list[Any], int]:
+def results(
+    call: tasks.Call, chunk: tasks.Chunk, event: object | None, on_error: str
+) -> tuple[list[Any], int]:
     """The chunk's results in item order, and how many of its items failed (None for `event`:
     nothing was left to run).
 
@@ -89,13 +98,17 @@ def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None,
         The user's exception (or ours, for a result that cannot be sent), with errors="raise".
     """
     if isinstance(event, messages.TaskFailed):
-        raise rebuild(call, chunk.position + chunk.original_offset(event.offset), event.failure, event.stage)
+        raise rebuild(
+            call, chunk.position + chunk.original_offset(event.offset), event.failure, event.stage
+        )
     ran: list[Any] = []
     if isinstance(event, messages.TaskDone):
-        ran = event.results if event.results is not None else _loaded(call, chunk, event.frames or [])
+        ran = (
+            event.results if event.results is not None else _loaded(call, chunk, event.frames or [])
+        )
     if chunk.offsets is not None:
         merged: list[Any] = [None] * chunk.size
-        for offset, result in zip(chunk.offsets, ran):
+        for offset, result in zip(chunk.offsets, ran, strict=False):
             merged[offset] = result
         for offset, hole in chunk.holes.items():
             merged[offset] = hole
@@ -107,14 +120,17 @@ def results(call: tasks.Call, chunk: tasks.Chunk, event: object | None,
     for offset, result in enumerate(ran):
         if isinstance(result, messages.Failure):
             failed += 1
-            result = _SKIPPED if on_error == "skip" else rebuild(call, chunk.position + offset, result)
+            result = (
+                _SKIPPED if on_error == "skip" else rebuild(call, chunk.position + offset, result)
+            )
         if result is not _SKIPPED:
             kept.append(result)
     return kept, failed
 
 
-def finished_before_failure(call: tasks.Call, chunk: tasks.Chunk, event: messages.TaskFailed,
-                            on_error: str) -> dict[int, Any]:
+def finished_before_failure(
+    call: tasks.Call, chunk: tasks.Chunk, event: messages.TaskFailed, on_error: str
+) -> dict[int, Any]:
     """Results of the items a failing chunk finished before the failure, by input position
     (kept for `partial_results`); empty if they cannot be rebuilt here."""
     try:
@@ -196,7 +212,9 @@ class Tracker:
         elif isinstance(event, messages.TaskFailed):
             self.failing_chunk = finished_before_failure(self.call, chunk, event, self._on_error)
         values, failed = results(self.call, chunk, event, self._on_error)
-        return Finished(chunk, values, failed, getattr(event, "seconds", 0.0), getattr(event, "nbytes", 0))
+        return Finished(
+            chunk, values, failed, getattr(event, "seconds", 0.0), getattr(event, "nbytes", 0)
+        )
 
     def cancel(self, stop_running: bool) -> None:
         """Stop listening; the backend drops the call's queued chunks (and with `stop_running`,

@@ -130,8 +130,9 @@ class PrivateFolder:
             raise
         finally:
             os.close(fd)
-        os.replace(self._where(temporary), self._where(name),
-                   src_dir_fd=self._fd, dst_dir_fd=self._fd)
+        os.replace(
+            self._where(temporary), self._where(name), src_dir_fd=self._fd, dst_dir_fd=self._fd
+        )
 
     def remove(self, name: str) -> None:
         try:
@@ -166,6 +167,7 @@ def open_folder(path: Path, create: bool) -> PrivateFolder | None:
         os.close(fd)
     if str(path) not in _warned:
         _warned.add(str(path))
-        warnings.warn(errors.unsafe_record_folder(str(path), found), errors.UnsafeFolderWarning,
-                      stacklevel=3)
+        warnings.warn(
+            errors.unsafe_record_folder(str(path), found), errors.UnsafeFolderWarning, stacklevel=3
+        )
     return None

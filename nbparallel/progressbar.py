@@ -60,9 +60,14 @@ class Progress:
             under the bar; None for no row.
     """
 
-    def __init__(self, total: int | None, enabled: bool, name: str,
-                 running: Callable[[], float] = lambda: 0.0,
-                 workers: Callable[[], Sequence[Any]] | None = None) -> None:
+    def __init__(
+        self,
+        total: int | None,
+        enabled: bool,
+        name: str,
+        running: Callable[[], float] = lambda: 0.0,
+        workers: Callable[[], Sequence[Any]] | None = None,
+    ) -> None:
         self.total = total
         self.name = name
         self.finished = 0
@@ -99,9 +104,18 @@ class Progress:
     def snapshot(self, include_running: bool = True) -> Snapshot:
         value = float(self.finished)
         if include_running:
-            value = min(value + self._running(), float(self.total) if self.total is not None else float("inf"))
-        return Snapshot(self.name, self.total, self.finished, value, self.failed,
-                        time.monotonic() - self._started)
+            value = min(
+                value + self._running(),
+                float(self.total) if self.total is not None else float("inf"),
+            )
+        return Snapshot(
+            self.name,
+            self.total,
+            self.finished,
+            value,
+            self.failed,
+            time.monotonic() - self._started,
+        )
 
     def close(self, state: str) -> None:
         """End the bar. `state`: "done" (green, or red if items failed), "failed" or "stopped"."""
@@ -110,7 +124,10 @@ class Progress:
         if state == "failed":
             self.failed = max(self.failed, 1)
         view, self._view = self._view, None
-        view.end(self.snapshot(include_running=False), "stopped" if state == "stopped" else "failed" if self.failed else "done")
+        view.end(
+            self.snapshot(include_running=False),
+            "stopped" if state == "stopped" else "failed" if self.failed else "done",
+        )
 
 
 def _in_notebook() -> bool:
@@ -132,8 +149,14 @@ class _TextView:
     def __init__(self, start: Snapshot) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=start.total, desc=start.name, unit="item", file=sys.stderr,
-                         dynamic_ncols=True, mininterval=REDRAW_SECONDS)
+        self._bar = tqdm(
+            total=start.total,
+            desc=start.name,
+            unit="item",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=REDRAW_SECONDS,
+        )
 
     def show(self, snapshot: Snapshot) -> None:
         moved = int(snapshot.value) - self._bar.n  # whole items: a text bar shows no fractions

@@ -203,7 +203,9 @@ def _unchanging_key(func: Any, captured: list[tuple[str, object]]) -> tuple[Any,
     return tuple(parts)
 
 
-def _dump_function(func: Callable[..., Any], name: str, captured: list[tuple[str, object]]) -> FunctionPayload:
+def _dump_function(
+    func: Callable[..., Any], name: str, captured: list[tuple[str, object]]
+) -> FunctionPayload:
     large: list[memoryview] = []
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -214,12 +216,19 @@ def _dump_function(func: Callable[..., Any], name: str, captured: list[tuple[str
 
     try:
         buffer = io.BytesIO()
-        _FunctionPickler(buffer, protocol=PROTOCOL, recurse=True, buffer_callback=out_of_band).dump(func)
+        _FunctionPickler(buffer, protocol=PROTOCOL, recurse=True, buffer_callback=out_of_band).dump(
+            func
+        )
         code = buffer.getvalue()
     except Exception as error:
         raise _explain_function_failure(func, name, error) from error
-    functions = [obj for obj in [func, *(o for _, o in captured)] if isinstance(obj, types.FunctionType)]
-    data = pickle.dumps((captures.notebook_sources(functions), captures.submodules_used(functions), code), protocol=PROTOCOL)
+    functions = [
+        obj for obj in [func, *(o for _, o in captured)] if isinstance(obj, types.FunctionType)
+    ]
+    data = pickle.dumps(
+        (captures.notebook_sources(functions), captures.submodules_used(functions), code),
+        protocol=PROTOCOL,
+    )
     # Large buffers are not hashed (that would cost more than sending them): a payload with any
     # gets a digest of its own, so a worker never takes it for another.
     if large:
@@ -255,5 +264,3 @@ def _explain_function_failure(func: Callable[..., Any], name: str, error: Except
         except Exception as capture_error:
             return errors.unpicklable_capture(name, path, obj, capture_error)
     return errors.unpicklable_function(name, error)
-
-

@@ -36,7 +36,9 @@ def report_progress(done: float, total: float) -> None:
     """
     for name, value in (("done", done), ("total", total)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"nbparallel.progress(done, total): {name} must be a number, not {type(value).__name__}")
+            raise TypeError(
+                f"nbparallel.progress(done, total): {name} must be a number, not {type(value).__name__}"
+            )
     if not total > 0:
         raise ValueError(f"nbparallel.progress(done, total): total must be above 0, not {total!r}")
     slot = getattr(running, "slot", None) or process_slot

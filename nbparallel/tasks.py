@@ -65,4 +65,8 @@ class Chunk:
 
     def original_offset(self, offset: int) -> int:
         """Where the item at `offset` of `items` stands in the chunk as first made."""
-        return self.offsets[offset] if self.offsets is not None and offset < len(self.offsets) else offset
+        return (
+            self.offsets[offset]
+            if self.offsets is not None and offset < len(self.offsets)
+            else offset
+        )

@@ -59,7 +59,9 @@ class Unreadable:
 
 def lend_large(frames: list[Any]) -> list[Any]:
     """`frames`, with the writable ones above SHARE_ABOVE bytes lent (the rest shared if large)."""
-    return share_large([LentFrame(f) if _large(f) and not memoryview(f).readonly else f for f in frames])
+    return share_large(
+        [LentFrame(f) if _large(f) and not memoryview(f).readonly else f for f in frames]
+    )
 
 
 def lends(frames: list[Any]) -> bool:
@@ -75,11 +77,15 @@ def share_instead(frames: list[Any]) -> list[Any]:
 
 def frame_bytes(frames: list[Any]) -> int:
     """What `frames` hold, in bytes, wherever each one is (in memory, lent or shared)."""
-    return sum(f.size if isinstance(f, (SharedFrame, LentFrame)) else memoryview(f).nbytes for f in frames)
+    return sum(
+        f.size if isinstance(f, (SharedFrame, LentFrame)) else memoryview(f).nbytes for f in frames
+    )
 
 
 def _large(frame: Any) -> bool:
-    return not isinstance(frame, (SharedFrame, LentFrame)) and memoryview(frame).nbytes > SHARE_ABOVE
+    return (
+        not isinstance(frame, (SharedFrame, LentFrame)) and memoryview(frame).nbytes > SHARE_ABOVE
+    )
 
 
 def share_large(frames: list[Any]) -> list[Any]:

@@ -57,22 +57,32 @@ class WidgetView:
         self._seen: dict[int, Any] = {}  # pid -> last status seen
         self._next_workers = 0.0
         self.bar = widgets.FloatProgress(
-            value=0.0, min=0.0, max=float(start.total or 1), description=start.name,
+            value=0.0,
+            min=0.0,
+            max=float(start.total or 1),
+            description=start.name,
             style=_shared("bar style", lambda: ProgressStyle(description_width="initial")),
             layout=_shared("bar", lambda: widgets.Layout(flex="1 1 auto", min_width="12em")),
         )
-        self.numbers = widgets.HTML(html.escape(start.text()), style=_shared("text style", HTMLStyle),
-                                    layout=_shared("numbers", lambda: widgets.Layout(margin="0 0 0 8px")))
+        self.numbers = widgets.HTML(
+            html.escape(start.text()),
+            style=_shared("text style", HTMLStyle),
+            layout=_shared("numbers", lambda: widgets.Layout(margin="0 0 0 8px")),
+        )
         children: list[Any] = [self.bar, self.numbers]
         # The row of workers, and where it learns about them; None without a row.
         self._worker_row: tuple[widgets.HTML, Callable[[], Sequence[Any]]] | None = None
         if workers is not None:
-            row = widgets.HTML("", style=_shared("text style", HTMLStyle),
-                               layout=_shared("worker row", lambda: widgets.Layout(width="100%")))
+            row = widgets.HTML(
+                "",
+                style=_shared("text style", HTMLStyle),
+                layout=_shared("worker row", lambda: widgets.Layout(width="100%")),
+            )
             self._worker_row = (row, workers)
             children.append(self._worker_row[0])
         self.box = ProgressBox(children, text=f"{start.name}: {start.text()}")
-        display(self.box._repr_mimebundle_(), raw=True)  # what display(box) sends, without asking every formatter
+        # What display(box) sends, without asking every formatter.
+        display(self.box._repr_mimebundle_(), raw=True)
 
     def show(self, snapshot: Snapshot, state: str = "running") -> None:
         if snapshot.total is not None:
@@ -80,7 +90,9 @@ class WidgetView:
         elif state != "running":
             self.bar.value = self.bar.max  # unknown length: the bar fills when the count is final
         self.numbers.value = html.escape(snapshot.text(state))
-        if self._worker_row is not None and (state != "running" or time.monotonic() >= self._next_workers):
+        if self._worker_row is not None and (
+            state != "running" or time.monotonic() >= self._next_workers
+        ):
             self._next_workers = time.monotonic() + WORKERS_REDRAW_SECONDS
             row, workers = self._worker_row
             row.value = self._worker_chips(workers())

@@ -77,8 +77,12 @@ class _ForwardedStream:
         return True
 
 
-def _read_forever(conn: Connection, inbox: queue.SimpleQueue[Any], cancelled: collections.deque[int],
-                  slot: memoryview) -> None:
+def _read_forever(
+    conn: Connection,
+    inbox: queue.SimpleQueue[Any],
+    cancelled: collections.deque[int],
+    slot: memoryview,
+) -> None:
     try:
         while True:
             message = transport.receive_message(conn)
@@ -125,7 +129,10 @@ def main() -> None:
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     cancelled: collections.deque[int] = collections.deque(maxlen=_CANCELLED_REMEMBERED)
     threading.Thread(
-        target=_read_forever, args=(conn, inbox, cancelled, slot), name="nbparallel-reader", daemon=True
+        target=_read_forever,
+        args=(conn, inbox, cancelled, slot),
+        name="nbparallel-reader",
+        daemon=True,
     ).start()
 
     sender = _Sender(conn)
@@ -135,8 +142,14 @@ def main() -> None:
     _serve(inbox, cancelled, slot, sender, (stdout, stderr), config["limits"])
 
 
-def _serve(inbox: queue.SimpleQueue[Any], cancelled: collections.deque[int], slot: memoryview,
-           sender: _Sender, streams: tuple[_ForwardedStream, ...], limits: messages.Limits) -> None:
+def _serve(
+    inbox: queue.SimpleQueue[Any],
+    cancelled: collections.deque[int],
+    slot: memoryview,
+    sender: _Sender,
+    streams: tuple[_ForwardedStream, ...],
+    limits: messages.Limits,
+) -> None:
     """Run tasks in the order they arrive until told to stop, or until this worker's limits say
     it should make way for a fresh one."""
     functions = execution.FunctionCache()
@@ -153,10 +166,10 @@ def _serve(inbox: queue.SimpleQueue[Any], cancelled: collections.deque[int], slo
             # during it would go to a socket the pool may already have closed.
             os._exit(0)
         if task.function_frames:
-            functions.add(task.digest, task.frames[:task.function_frames])
+            functions.add(task.digest, task.frames[: task.function_frames])
             if serialize.holds_large_data(task.digest):
-                function_pages = task.frames[1:task.function_frames]
-            task.frames = task.frames[task.function_frames:]
+                function_pages = task.frames[1 : task.function_frames]
+            task.frames = task.frames[task.function_frames :]
         sender.task_id = task.task_id
         slot[slots.ITEM] = slots.NOT_STARTED
         slot[slots.TASK] = task.task_id

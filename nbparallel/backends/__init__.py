@@ -63,7 +63,9 @@ def create(options: Options) -> Backend:
     if options.backend == "processes":
         from .process import ProcessPool
 
-        return ProcessPool(options.worker_count, options.max_tasks_per_worker, options.max_worker_memory)
+        return ProcessPool(
+            options.worker_count, options.max_tasks_per_worker, options.max_worker_memory
+        )
     if options.backend == "threads":
         from .thread import ThreadPool
 

@@ -62,10 +62,14 @@ class _ReportingSlot(list):
     def _send(self) -> None:
         self._timer = None
         self._next = time.monotonic() + PROGRESS_SECONDS
-        self._worker.log_event(self._topic, [self._key, slots.running_items(self, self[slots.TASK])])
+        self._worker.log_event(
+            self._topic, [self._key, slots.running_items(self, self[slots.TASK])]
+        )
 
 
-def run_on_dask_worker(function: list[bytes], task: messages.RunTask, topic: str) -> tuple[object, str, str]:
+def run_on_dask_worker(
+    function: list[bytes], task: messages.RunTask, topic: str
+) -> tuple[object, str, str]:
     """Run one task in a dask worker: its message, and what it printed (stdout, stderr).
 
     How far it is goes to the client as events on `topic`."""
@@ -155,13 +159,25 @@ class DaskBackend:
         with self._lock:
             function = self._scattered.get(digest)
             if function is None:
-                function = self._scattered[digest] = client.scatter(_as_bytes(call.payload.frames), broadcast=False)
+                function = self._scattered[digest] = client.scatter(
+                    _as_bytes(call.payload.frames), broadcast=False
+                )
         message = messages.RunTask(
-            chunk.task_id, call.call_id, digest, call.kind, call.keep_going,
+            chunk.task_id,
+            call.call_id,
+            digest,
+            call.kind,
+            call.keep_going,
             _as_bytes(frames),  # dask serializes the message itself
         )
-        future = client.submit(run_on_dask_worker, function, message, self._topic, pure=False,
-                               key=_key(call.call_id, chunk.task_id))
+        future = client.submit(
+            run_on_dask_worker,
+            function,
+            message,
+            self._topic,
+            pure=False,
+            key=_key(call.call_id, chunk.task_id),
+        )
         with self._lock:
             self._futures.setdefault(call.call_id, []).append(future)
         with self._running_lock:
@@ -205,13 +221,18 @@ class DaskBackend:
         plugin = EveryWorkerCell(_as_bytes(call.payload.frames), serialize.dumps(items))
         replies = client.register_plugin(plugin, name=f"nbparallel-setup-{self._setups}")
         chunks = [tasks.Chunk(tasks.next_id(), 0, 1, items) for _ in replies]
-        for chunk, reply in zip(chunks, replies.values()):
+        for chunk, reply in zip(chunks, replies.values(), strict=True):
             if reply.get("status") == "OK":
                 call.deliver(messages.TaskDone(chunk.task_id, [None], 0.0))
             else:
                 error = reply.get("exception") or RuntimeError(str(reply))
-                failure = messages.Failure(error, f"{type(error).__name__}: {error}",
-                                           str(reply.get("text") or reply.get("traceback") or ""), "", 0)
+                failure = messages.Failure(
+                    error,
+                    f"{type(error).__name__}: {error}",
+                    str(reply.get("text") or reply.get("traceback") or ""),
+                    "",
+                    0,
+                )
                 call.deliver(messages.TaskFailed(chunk.task_id, 0, [], "raised", failure))
         return chunks
 

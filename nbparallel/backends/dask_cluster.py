@@ -42,9 +42,12 @@ START_SECONDS = 60.0
 # The fields of a `Security` that hold this cluster's credentials, as PEM text.
 _CREDENTIALS = (
     "tls_ca_file",
-    "tls_client_cert", "tls_client_key",
-    "tls_scheduler_cert", "tls_scheduler_key",
-    "tls_worker_cert", "tls_worker_key",
+    "tls_client_cert",
+    "tls_client_key",
+    "tls_scheduler_cert",
+    "tls_scheduler_key",
+    "tls_worker_cert",
+    "tls_worker_key",
 )
 
 
@@ -60,7 +63,10 @@ def _start(role: str, credentials: bytes, *args: str) -> _Host:
     try:
         process = subprocess.Popen(
             [sys.executable, "-c", _BOOT, role, str(reader), *args],
-            pass_fds=[reader], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            pass_fds=[reader],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
             start_new_session=True,
             # The kernel's import path: this package, and the user's modules that tasks import.
             env={**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)},
@@ -123,9 +129,10 @@ class LocalCluster:
             self.security = Security.temporary()
         except ImportError as missing:  # temporary() needs `cryptography`
             raise errors.dask_missing("cryptography") from missing
-        self._credentials = json.dumps(
-            {field: getattr(self.security, field) for field in _CREDENTIALS}
-        ).encode() + b"\n"
+        self._credentials = (
+            json.dumps({field: getattr(self.security, field) for field in _CREDENTIALS}).encode()
+            + b"\n"
+        )
         self._workers: list[_Host] = []
         self._scheduler = _start("scheduler", self._credentials)
         try:
@@ -190,9 +197,11 @@ async def _serve(role: str, args: list[str], credentials: dict[str, str]) -> Non
     logging.getLogger("distributed").setLevel(logging.ERROR)
     dask.config.set({"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []})
     closed: dict[str, Any] = {
-        "host": _LOOPBACK, "protocol": "tls",
+        "host": _LOOPBACK,
+        "protocol": "tls",
         "security": Security(require_encryption=True, **credentials),
-        "dashboard": False, "dashboard_address": f"{_LOOPBACK}:0",  # never ":port", all interfaces
+        "dashboard": False,
+        "dashboard_address": f"{_LOOPBACK}:0",  # never ":port", all interfaces
     }
     if role == "scheduler":
         # A task whose worker dies fails at once, as on the process pool (retries= is
@@ -212,6 +221,8 @@ def main() -> None:
     cluster's credentials as one JSON line on stdin."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     role, lifeline, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    threading.Thread(target=_exit_with_parent, args=(lifeline,), name="nbparallel-lifeline", daemon=True).start()
+    threading.Thread(
+        target=_exit_with_parent, args=(lifeline,), name="nbparallel-lifeline", daemon=True
+    ).start()
     credentials = json.loads(sys.stdin.readline())
     asyncio.run(_serve(role, args, credentials))

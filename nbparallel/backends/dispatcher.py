@@ -123,8 +123,9 @@ class Dispatcher(threading.Thread):
         elif deliver is not None:
             deliver(message)
 
-    def _send_again(self, worker: WorkerProcess,
-                    message: messages.ItemsUnreadable | messages.FunctionMissing) -> None:
+    def _send_again(
+        self, worker: WorkerProcess, message: messages.ItemsUnreadable | messages.FunctionMissing
+    ) -> None:
         """The worker ran nothing of its task: queue it again, first, with its items shared
         (they could not be read from here) or its function sent along (it was dropped)."""
         call, chunk, frames = worker.inflight.popleft()
@@ -147,6 +148,9 @@ def lost_task(worker: WorkerProcess, returncode: int | None) -> messages.TaskLos
         return messages.TaskLost(chunk.task_id, worker.pid, returncode, None, error=error)
     offset = worker.slot[slots.ITEM] if worker.slot[slots.TASK] == chunk.task_id else None
     return messages.TaskLost(
-        chunk.task_id, worker.pid, returncode,
-        offset if offset != slots.NOT_STARTED else None, worker.timed_out,
+        chunk.task_id,
+        worker.pid,
+        returncode,
+        offset if offset != slots.NOT_STARTED else None,
+        worker.timed_out,
     )

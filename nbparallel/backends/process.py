@@ -36,9 +36,14 @@ class ProcessPool:
 
     copies_data = True
 
-    def __init__(self, workers: int, max_tasks_per_worker: int | None = None,
-                 max_worker_memory: int | None = None) -> None:
-        self.lock = threading.Lock()  # guards everything below; held briefly, never while starting a process
+    def __init__(
+        self,
+        workers: int,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | None = None,
+    ) -> None:
+        # Guards everything below; held briefly, never while starting a process.
+        self.lock = threading.Lock()
         self.workers: dict[Connection, WorkerProcess] = {}
         self.closed = False
         self.wake_reader, self._wake_writer = Pipe(duplex=False)
@@ -48,14 +53,16 @@ class ProcessPool:
         self._pending: collections.deque[Task] = collections.deque()
         self._setups: list[tuple[tasks.Call, list[Any]]] = []  # replayed on every new worker
         # A call's function as sent to workers, its large frames shared once per call.
-        self._shared_functions: weakref.WeakKeyDictionary[tasks.Call, list[Any]] = weakref.WeakKeyDictionary()
+        self._shared_functions: weakref.WeakKeyDictionary[tasks.Call, list[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         # Large items stay in this process, and each worker copies those it runs (in parallel,
         # no copy here); off where workers cannot read this process's memory, or one said so.
         self._lending = crossmemory.allow_children_to_read()
         self._dispatcher: Dispatcher | None = None
         self._starting = threading.RLock()  # one thread at a time starts workers
         self._recording = threading.Lock()  # records are written in the order they were taken
-        self._closing: list[Connection] = []  # of workers stopped on purpose: the dispatcher closes them
+        self._closing: list[Connection] = []  # of workers stopped on purpose; the dispatcher closes
         self._forget_kernel_hook: Callable[[], None] = lambda: None
 
     # --- the caller's side ------------------------------------------------------------------
@@ -100,13 +107,16 @@ class ProcessPool:
                 if stop_running and running[0] is call:
                     worker.process.kill()
                 else:
-                    _send(worker, messages.CancelCall(call.call_id))
+                    worker.send(messages.CancelCall(call.call_id))
 
     def running_items(self, call: tasks.Call) -> float:
         """Read from the workers' slots: the items they finished, and parts they reported."""
         with self.lock:
-            running = [(w.slot, w.inflight[0][1].task_id) for w in self.workers.values()
-                       if w.inflight and w.inflight[0][0] is call]
+            running = [
+                (w.slot, w.inflight[0][1].task_id)
+                for w in self.workers.values()
+                if w.inflight and w.inflight[0][0] is call
+            ]
         return sum(slots.running_items(slot, task_id) for slot, task_id in running)
 
     def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> list[tasks.Chunk]:
@@ -135,8 +145,11 @@ class ProcessPool:
         for worker in old:
             running = worker.running()
             if running is not None and not running[0].closed:
-                running[0].deliver(messages.TaskLost(
-                    running[1].task_id, worker.pid, None, None, error=errors.pool_restarted()))
+                running[0].deliver(
+                    messages.TaskLost(
+                        running[1].task_id, worker.pid, None, None, error=errors.pool_restarted()
+                    )
+                )
         self._fill()
 
     def set_limits(self, max_tasks_per_worker: int | None, max_worker_memory: int | None) -> None:
@@ -144,7 +157,7 @@ class ProcessPool:
         with self.lock:
             self._limits = messages.Limits(max_tasks_per_worker, max_worker_memory)
             for worker in self.workers.values():
-                _send(worker, self._limits)
+                worker.send(self._limits)
 
     def resize(self, workers: int) -> None:
         """Start or stop workers; idle ones beyond the new size are gone when this returns
@@ -169,8 +182,12 @@ class ProcessPool:
         with self.lock:
             workers = list(self.workers.values())
         return [
-            WorkerStatus(w.pid, "stopping" if w.retiring else "busy" if w.inflight else "idle",
-                         w.tasks_done, worker_process.memory_rss(w.pid))
+            WorkerStatus(
+                w.pid,
+                "stopping" if w.retiring else "busy" if w.inflight else "idle",
+                w.tasks_done,
+                worker_process.memory_rss(w.pid),
+            )
             for w in workers
         ]
 
@@ -192,7 +209,9 @@ class ProcessPool:
         self._record()
         for call, chunk, _ in lost:
             if not call.closed:
-                call.deliver(messages.TaskLost(chunk.task_id, 0, None, None, error=errors.pool_shut_down()))
+                call.deliver(
+                    messages.TaskLost(chunk.task_id, 0, None, None, error=errors.pool_shut_down())
+                )
         worker_process.reap(workers)
         dispatcher = self._dispatcher
         if dispatcher is not None and dispatcher is not threading.current_thread():
@@ -225,7 +244,7 @@ class ProcessPool:
         stopping = scheduling.to_stop_now(self.workers.values())
         for worker in stopping:
             worker.stopping = True
-            _send(worker, messages.StopWorker())
+            worker.send(messages.StopWorker())
         return stopping
 
     def start_replacements(self) -> None:
@@ -336,26 +355,14 @@ class ProcessPool:
         self._send_task(worker, call, chunk, serialize.dump_chunk(items, 0))
         return chunk
 
-    def _send_task(self, worker: WorkerProcess, call: tasks.Call, chunk: tasks.Chunk,
-                   frames: list[Any]) -> None:
+    def _send_task(
+        self, worker: WorkerProcess, call: tasks.Call, chunk: tasks.Chunk, frames: list[Any]
+    ) -> None:
         if not self._lending:
             frames = transport.share_instead(frames)
-        worker.inflight.append((call, chunk, frames))
-        digest = call.payload.digest
-        function = [] if worker.remember_function(digest) else self._shared_functions[call]
-        _send(worker, messages.RunTask(
-            chunk.task_id, call.call_id, digest, call.kind, call.keep_going,
-            [*function, *frames], len(function),
-        ))
+        worker.send_task(call, chunk, frames, self._shared_functions[call])
 
     def _wake(self) -> None:
         if not self._woken:
             self._woken = True
             self._wake_writer.send_bytes(b"")
-
-
-def _send(worker: WorkerProcess, message: object) -> None:
-    try:
-        transport.send_message(worker.conn, message)
-    except OSError:
-        pass  # it died; the dispatcher sees EOF on its socket and reports it

@@ -65,7 +65,7 @@ def to_retire(workers: Iterable[W], size: int) -> list[W]:
     """Workers beyond `size` that should stop taking tasks, the least busy first."""
     active = [w for w in workers if not w.retiring]
     extra = len(active) - size
-    return sorted(active, key=lambda w: len(w.inflight))[:max(extra, 0)]
+    return sorted(active, key=lambda w: len(w.inflight))[: max(extra, 0)]
 
 
 def to_stop_now(workers: Iterable[W]) -> list[W]:

@@ -38,9 +38,9 @@ class ThreadPool:
         # What `%%parallel --every-worker` cells defined: threads share one process, so such a
         # cell runs once, and its names are offered to every later task.
         self._setup = execution.SetupNamespace()
-        self._with_setup: weakref.WeakKeyDictionary[types.FunctionType, tuple[int, types.FunctionType]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._with_setup: weakref.WeakKeyDictionary[
+            types.FunctionType, tuple[int, types.FunctionType]
+        ] = weakref.WeakKeyDictionary()
 
     @property
     def size(self) -> int:
@@ -60,7 +60,9 @@ class ThreadPool:
 
     def running_items(self, call: tasks.Call) -> float:
         with self._lock:
-            running = [slot for running_call, slot in self._running.values() if running_call is call]
+            running = [
+                slot for running_call, slot in self._running.values() if running_call is call
+            ]
         return sum(slots.running_items(slot, slot[slots.TASK]) for slot in running)
 
     def run_on_every_worker(self, call: tasks.Call, items: list[Any]) -> list[tasks.Chunk]:
@@ -88,8 +90,10 @@ class ThreadPool:
         with self._lock:
             return [
                 WorkerStatus(
-                    thread.native_id or 0, "busy" if thread.ident in self._running else "idle",
-                    self._done.get(thread.ident or 0, 0), memory,
+                    thread.native_id or 0,
+                    "busy" if thread.ident in self._running else "idle",
+                    self._done.get(thread.ident or 0, 0),
+                    memory,
                 )
                 for thread in self._threads
             ]
@@ -112,7 +116,9 @@ class ThreadPool:
                 lost.append((job[0], job[1].task_id))
         for call, task_id in lost:
             if not call.closed:
-                call.deliver(messages.TaskLost(task_id, 0, None, None, error=errors.pool_shut_down()))
+                call.deliver(
+                    messages.TaskLost(task_id, 0, None, None, error=errors.pool_shut_down())
+                )
         for _ in threads:
             self._jobs.put(None)
 
@@ -154,14 +160,24 @@ class ThreadPool:
         try:
             if call.kind == "setup":
                 results = execution.run_chunk(
-                    lambda values: self._run_setup(call.function, values), chunk.items, "map", call.call_id, slot, False
+                    lambda values: self._run_setup(call.function, values),
+                    chunk.items,
+                    "map",
+                    call.call_id,
+                    slot,
+                    False,
                 )
             else:
                 func = self._offer_setup(call.function)
-                results = execution.run_chunk(func, chunk.items, call.kind, call.call_id, slot, call.keep_going)
+                results = execution.run_chunk(
+                    func, chunk.items, call.kind, call.call_id, slot, call.keep_going
+                )
         except execution.ItemFailed as failed:
             return messages.TaskFailed(
-                chunk.task_id, failed.offset, failed.results, "raised",
+                chunk.task_id,
+                failed.offset,
+                failed.results,
+                "raised",
                 _failure(failed.error, chunk.items[failed.offset]),
             )
         if call.keep_going:
@@ -183,13 +199,18 @@ class ThreadPool:
             generation, copy = self._with_setup.get(func, (0, func))
             if generation != self._setup.generation:
                 merged = {**self._setup.names, **func.__globals__}
-                copy = types.FunctionType(func.__code__, merged, func.__name__, func.__defaults__, func.__closure__)
+                copy = types.FunctionType(
+                    func.__code__, merged, func.__name__, func.__defaults__, func.__closure__
+                )
                 self._with_setup[func] = (self._setup.generation, copy)
             return copy
 
 
 def _failure(error: BaseException, item: Any) -> messages.Failure:
     return messages.Failure(
-        error=error, detail=f"{type(error).__name__}: {error}", traceback=execution.format_traceback(error),
-        item=errors.short_repr(item), pid=os.getpid(),
+        error=error,
+        detail=f"{type(error).__name__}: {error}",
+        traceback=execution.format_traceback(error),
+        item=errors.short_repr(item),
+        pid=os.getpid(),
     )

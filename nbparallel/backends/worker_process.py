@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 from multiprocess.connection import Connection
 
-from .. import messages, slots, tasks
+from .. import messages, slots, tasks, transport
 from . import launcher
 
 EXIT_WAIT_SECONDS = 2.0  # a worker told to stop that has not exited by then is killed
@@ -94,6 +94,32 @@ class WorkerProcess:
     def forget_function(self, digest: bytes) -> None:
         self.functions_sent.pop(digest, None)
 
+    def send(self, message: object) -> None:
+        try:
+            transport.send_message(self.conn, message)
+        except OSError:
+            pass  # it died; the dispatcher sees EOF on its socket and reports it
+
+    def send_task(
+        self, call: tasks.Call, chunk: tasks.Chunk, frames: list[Any], function: list[Any]
+    ) -> None:
+        """Queue a task on this worker, with the call's `function` frames unless it was sent
+        them already."""
+        self.inflight.append((call, chunk, frames))
+        digest = call.payload.digest
+        sent = [] if self.remember_function(digest) else function
+        self.send(
+            messages.RunTask(
+                chunk.task_id,
+                call.call_id,
+                digest,
+                call.kind,
+                call.keep_going,
+                [*sent, *frames],
+                len(sent),
+            )
+        )
+
 
 def launch(limits: messages.Limits) -> WorkerProcess:
     """Start one worker interpreter (on the launcher thread), with a socket pair to this process."""
@@ -102,12 +128,21 @@ def launch(limits: messages.Limits) -> WorkerProcess:
         slot_file.truncate(slots.BYTES)
         slot = memoryview(mmap.mmap(slot_file.fileno(), slots.BYTES)).cast("q")
         parent = os.getpid() if launcher.PARENT_DEATH_SIGNAL else 0  # 0: the worker does not ask
-        process = launcher.run(lambda: subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(theirs.fileno()), str(slot_file.fileno()), str(parent)],
-            pass_fds=[theirs.fileno(), slot_file.fileno()],
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "NBPARALLEL_WORKER": "1"},
-        ))
+        process = launcher.run(
+            lambda: subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _BOOT,
+                    str(theirs.fileno()),
+                    str(slot_file.fileno()),
+                    str(parent),
+                ],
+                pass_fds=[theirs.fileno(), slot_file.fileno()],
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "NBPARALLEL_WORKER": "1"},
+            )
+        )
         conn = Connection(ours.detach())
     try:
         create_time = psutil.Process(process.pid).create_time()
