@@ -29,6 +29,12 @@ STOP = object()
 """Put on a call's event queue (see `stream`), it stops the call as an interrupt would."""
 
 
+# The caller never waits for events without a deadline: an interrupt can trip Python's SIGINT
+# handler without waking a blocked wait (`_thread.interrupt_main()`, or a signal that lands while
+# the caller hands the GIL over), and is then raised at the next wake-up, not with the next result.
+_INTERRUPT_CHECK_SECONDS = 0.1
+
+
 class CallStopped(Exception):
     """Raised by a call's results after STOP arrived on its event queue."""
 
@@ -216,7 +222,7 @@ def _run(
             if not tracker.pending:
                 break
             try:
-                event = events.get(timeout=progress.redraw_seconds)
+                event = events.get(timeout=progress.redraw_seconds or _INTERRUPT_CHECK_SECONDS)
             except queue.Empty:
                 progress.redraw()
                 continue
