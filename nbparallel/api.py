@@ -220,7 +220,7 @@ class Parallel:
         func: Any,
         items: Iterable[Any],
         overrides: dict[str, Any],
-        mode: str,
+        kind: str,
         ordered: bool,
         collected: list[Any] | None = None,
         background: queue.SimpleQueue[Any] | None = None,
@@ -235,19 +235,19 @@ class Parallel:
             func,
             items,
             options,
-            mode,
+            kind,
             ordered,
             keep_partial,
             background,
         )
 
     def _collect(
-        self, func: Any, items: Iterable[Any], overrides: dict[str, Any], mode: str
+        self, func: Any, items: Iterable[Any], overrides: dict[str, Any], kind: str
     ) -> list[Any]:
         __tracebackhide__ = True
         results: list[Any] = []  # keep_partial reads what arrived before a failure from here
         return calls.collect(
-            self._stream(func, items, overrides, mode, True, collected=results), results
+            self._stream(func, items, overrides, kind, True, collected=results), results
         )
 
     def _decorator(self, func: Any, options: dict[str, Any]) -> Any:
