@@ -6,9 +6,11 @@ import ctypes
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -371,3 +373,30 @@ def test_a_worker_whose_parent_died_before_it_asked_exits_at_once(tmp_path, pare
     )
     assert result.returncode == 0, result.stderr
     assert (result.stdout == "still running\n") == survives
+
+
+def test_a_worker_that_never_says_it_is_ready_is_stopped_with_an_error_saying_so(tmp_path):
+    """A worker stuck before its first word (here, a sitecustomize that hangs in workers only)
+    fails the call after the start-up deadline instead of hanging it."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import os, time\nif os.environ.get('NBPARALLEL_WORKER') == '1':\n    time.sleep(120)\n"
+    )
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from nbparallel import parallel, WorkerDiedError\n"
+        "from nbparallel.backends import dispatcher\n"
+        "dispatcher.READY_SECONDS = 1.0\n"
+        "parallel.configure(progress=False, workers=1)\n"
+        "try:\n"
+        "    parallel.map(abs, [1])\n"
+        "except WorkerDiedError as error:\n"
+        "    print('refused:', error)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(Path(__file__).parent.parent)])}
+    out = tmp_path / "out.txt"
+    with out.open("w") as stdout:
+        subprocess.run([sys.executable, str(script)], stdout=stdout, stderr=subprocess.STDOUT,
+                       timeout=60, env=env, check=False)
+    assert "did not say it was ready within 1 s" in out.read_text(), out.read_text()

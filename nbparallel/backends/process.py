@@ -206,6 +206,10 @@ class ProcessPool:
                 lost.extend(worker.inflight)
                 worker.conn.close()  # EOF: the worker exits by itself
             self._wake()
+        # A refill under way (on the launcher thread) sees `closed` and stops what it started:
+        # wait for it, so that no worker outlives this call.
+        if self._starting.acquire(timeout=worker_process.EXIT_WAIT_SECONDS):
+            self._starting.release()
         self._record()
         for call, chunk, _ in lost:
             if not call.closed:
@@ -320,16 +324,20 @@ class ProcessPool:
                         break
                 started = [worker_process.launch(limits) for _ in range(missing)]
                 with self.lock:
-                    if self.closed:
+                    closed = self.closed
+                    if not closed:
                         for worker in started:
-                            worker.conn.close()  # EOF: it exits by itself
-                        break
+                            self.workers[worker.conn] = worker
+                            for call, items in self._setups:
+                                self._send_setup(worker, call, items)
+                        self.assign_pending()
+                        self._wake()
+                if closed:  # shut down meanwhile: these were never the pool's, stop them now
                     for worker in started:
-                        self.workers[worker.conn] = worker
-                        for call, items in self._setups:
-                            self._send_setup(worker, call, items)
-                    self.assign_pending()
-                    self._wake()
+                        worker.conn.close()
+                        worker.process.kill()
+                    worker_process.reap(started)
+                    break
         self._record()
 
     def _record(self) -> None:
