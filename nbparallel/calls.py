@@ -125,6 +125,19 @@ def _checked_tuples(items: Iterator[Any]) -> Iterator[Any]:
 STOP = object()
 """Put on a call's event queue (see `stream`), it stops the call as an interrupt would."""
 
+# The caller never waits for events without a deadline: an interrupt can trip Python's SIGINT
+# handler without waking a blocked wait (`_thread.interrupt_main()`, or a signal that lands while
+# the caller hands the GIL over), and is then raised at the next wake-up, not with the next result.
+_INTERRUPT_CHECK_SECONDS = 0.1
+
+
+def _next_event(events: queue.SimpleQueue[Any]) -> Any:
+    while True:
+        try:
+            return events.get(timeout=_INTERRUPT_CHECK_SECONDS)
+        except queue.Empty:
+            continue
+
 
 class CallStopped(Exception):
     """Raised by a call's results after STOP arrived on its event queue."""
@@ -160,7 +173,7 @@ def _run(
             if not submitted:
                 break
             try:
-                event = events.get(timeout=progress.redraw_seconds)
+                event = events.get(timeout=progress.redraw_seconds or _INTERRUPT_CHECK_SECONDS)
             except queue.Empty:
                 progress.redraw()
                 continue
@@ -275,7 +288,7 @@ def run_setup(get_backend: Callable[[], Backend], source: str, namespace: dict[s
     count = backend.run_on_every_worker(call, [used])
     try:
         for _ in range(count):
-            event = events.get()
+            event = _next_event(events)
             if isinstance(event, tasks.TaskLost):  # its own cause (a restart...) if it has one
                 raise event.error or errors.worker_died(event.pid, event.returncode, None, None)
             outcomes.results(call, tasks.Chunk(event.task_id, 0, 1, [used]), event, "raise")
