@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import os
 import shutil
 import signal
@@ -44,11 +45,12 @@ def wait_until(condition, timeout: float = 10.0, interval: float = 0.02):
 class Interrupter(threading.Thread):
     """Sends SIGINT to the thread that made it (as Jupyter's Stop button does to the kernel) once
     `condition()` holds, and notes when in `sent_at` (time.monotonic). Sends nothing if the
-    condition is not met within `timeout` seconds."""
+    condition is not met within `timeout` seconds. With `by_signal=False` it only trips Python's
+    SIGINT handler (`_thread.interrupt_main()`): no system call of the main thread is woken."""
 
-    def __init__(self, condition, timeout: float = 30.0) -> None:
+    def __init__(self, condition, timeout: float = 30.0, by_signal: bool = True) -> None:
         super().__init__(name="test-interrupter", daemon=True)
-        self._condition, self._timeout = condition, timeout
+        self._condition, self._timeout, self._by_signal = condition, timeout, by_signal
         self._victim = threading.get_ident()
         self.sent_at: float | None = None
 
@@ -58,12 +60,15 @@ class Interrupter(threading.Thread):
         except AssertionError:
             return  # the test then fails on its own: no KeyboardInterrupt came
         self.sent_at = time.monotonic()
-        signal.pthread_kill(self._victim, signal.SIGINT)
+        if self._by_signal:
+            signal.pthread_kill(self._victim, signal.SIGINT)
+        else:
+            _thread.interrupt_main()
 
 
-def interrupt_when(condition, timeout: float = 30.0) -> Interrupter:
-    """Start an `Interrupter` for the calling thread."""
-    interrupter = Interrupter(condition, timeout)
+def interrupt_when(condition, timeout: float = 30.0, by_signal: bool = True) -> Interrupter:
+    """Start an `Interrupter` for the calling thread (it must be the main thread)."""
+    interrupter = Interrupter(condition, timeout, by_signal)
     interrupter.start()
     return interrupter
 
