@@ -112,7 +112,9 @@ def test_magic_help_shows_the_syntax(shared_kernel):
     assert "--every-worker" in reply.payload_text
 
 
-def test_every_worker_cell_defines_names_for_later_tasks_and_new_workers_replay_it(shared_kernel, tmp_path):
+def test_every_worker_cell_defines_names_for_later_tasks_and_new_workers_replay_it(
+    shared_kernel, tmp_path
+):
     count = shared_kernel.value("parallel.options.worker_count")
     shared_kernel.ok("base = 21")
     reply = shared_kernel.ok("%%parallel --every-worker\nimport math as worker_math\nsecret = base * 2")
