@@ -214,6 +214,14 @@ def bad_option(name: str, value: object, expected: str) -> OptionError:
     return OptionError(f"{name}={value!r} is not valid: {name} must be {expected}.")
 
 
+def bad_workers_variable(name: str, value: str) -> OptionError:
+    return OptionError(
+        f"the environment variable {name}={value!r} is not valid: it must be a positive whole "
+        f"number (how many workers a call uses by default). Set it to one, unset it, or give "
+        f"workers= to the call or to parallel.configure()."
+    )
+
+
 def unknown_option(name: str, known: list[str]) -> TypeError:
     return TypeError(f"unknown option {name!r}; the options are: {', '.join(known)}.")
 

@@ -16,6 +16,26 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+WORKERS_VARIABLE = "NBPARALLEL_WORKERS"
+
+
+def default_workers() -> int:
+    """The worker count when none is given: NBPARALLEL_WORKERS if it is set, else usable CPUs.
+
+    An empty value counts as unset, as Python's own PYTHON* variables do.
+
+    Raises:
+        OptionError: NBPARALLEL_WORKERS is set to something other than a positive whole number.
+    """
+    value = os.environ.get(WORKERS_VARIABLE, "")
+    text = value.strip()
+    if not text:
+        return usable_cpus()
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise errors.bad_workers_variable(WORKERS_VARIABLE, value)
+    return int(text)
+
+
 POOL_OPTIONS = ("max_tasks_per_worker", "max_worker_memory", "address")
 BACKENDS = ("processes", "threads", "dask")
 
@@ -29,7 +49,8 @@ class Options:
     """Everything a call can be told. `None` means "decide for me"."""
 
     workers: int | None = None
-    """How many worker processes run the call's tasks at once (default: usable CPUs)."""
+    """How many worker processes run the call's tasks at once (default: $NBPARALLEL_WORKERS if
+    set, else usable CPUs)."""
     chunksize: int | None = None
     """Items sent to a worker together (default: chosen from the number of items)."""
     progress: bool = True
@@ -78,7 +99,7 @@ class Options:
 
     @property
     def worker_count(self) -> int:
-        return self.workers or usable_cpus()
+        return self.workers if self.workers is not None else default_workers()
 
     def merged(self, session: bool = False, **overrides: Any) -> Options:
         """These options with `overrides` applied; None values leave the option as it is.

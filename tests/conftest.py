@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import _thread
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +40,53 @@ def wait_until(condition, timeout: float = 10.0, interval: float = 0.02):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {condition}")
         time.sleep(interval)
+
+
+class Interrupter(threading.Thread):
+    """Sends SIGINT to the thread that made it (as Jupyter's Stop button does to the kernel) once
+    `condition()` holds, and notes when in `sent_at` (time.monotonic). Sends nothing if the
+    condition is not met within `timeout` seconds. With `by_signal=False` it only trips Python's
+    SIGINT handler (`_thread.interrupt_main()`): no system call of the main thread is woken."""
+
+    def __init__(self, condition, timeout: float = 30.0, by_signal: bool = True) -> None:
+        super().__init__(name="test-interrupter", daemon=True)
+        self._condition, self._timeout, self._by_signal = condition, timeout, by_signal
+        self._victim = threading.get_ident()
+        self.sent_at: float | None = None
+
+    def run(self) -> None:
+        try:
+            wait_until(self._condition, timeout=self._timeout)
+        except AssertionError:
+            return  # the test then fails on its own: no KeyboardInterrupt came
+        self.sent_at = time.monotonic()
+        if self._by_signal:
+            signal.pthread_kill(self._victim, signal.SIGINT)
+        else:
+            _thread.interrupt_main()
+
+
+def interrupt_when(condition, timeout: float = 30.0, by_signal: bool = True) -> Interrupter:
+    """Start an `Interrupter` for the calling thread (it must be the main thread)."""
+    interrupter = Interrupter(condition, timeout, by_signal)
+    interrupter.start()
+    return interrupter
+
+
+def every_worker_ready(session: Parallel, tmp_path: Path) -> set[int]:
+    """Return once each of the `options.worker_count` workers a call of `session` uses has
+    booted and run a task (their pids): so that what a test times next excludes start-up.
+
+    Each item waits for all the others, so no worker can take two of them."""
+    count = session.options.worker_count
+    directory = Path(tempfile.mkdtemp(prefix="ready-", dir=tmp_path))
+
+    def arrive(_):
+        (directory / str(os.getpid())).touch()
+        wait_until(lambda: len(list(directory.iterdir())) >= count, timeout=30)
+        return os.getpid()
+
+    return set(session.map(arrive, range(count), chunksize=1, progress=False))
 
 
 def children() -> set[tuple[int, float]]:

@@ -7,7 +7,6 @@ import socket
 import sqlite3
 import sys
 import threading
-import time
 import types
 
 import pytest
@@ -43,17 +42,26 @@ def test_exception_keeps_its_type_with_remote_traceback_and_item():
 
 
 def test_error_cancels_the_rest_of_the_call(tmp_path):
+    """Once item 0 has failed the call, only the items running at that moment (one per worker)
+    finish; those queued are dropped, in the pool or in the workers. The other items wait for
+    the test's go before they do anything, so the failure comes first whatever the machine."""
+    go = tmp_path / "go"
+    ran = tmp_path / "ran"
+    ran.mkdir()
+
     def mark(x):
         if x == 0:
             raise ValueError("first item fails")
-        time.sleep(0.05)  # the workload
-        (tmp_path / str(x)).touch()
+        wait_until(go.exists, timeout=30)
+        (ran / str(x)).touch()
 
-    with pytest.raises(ValueError):
-        parallel.map(mark, range(200), chunksize=1)
+    try:
+        with pytest.raises(ValueError, match="first item fails"):
+            parallel.map(mark, range(200), chunksize=1)
+    finally:
+        go.touch()
     wait_until(lambda: not any(w.busy for w in parallel.status().workers))
-    # Only chunks already sent when the error came (two per worker) may have run.
-    assert len(list(tmp_path.iterdir())) <= 2 * parallel.options.worker_count
+    assert len(list(ran.iterdir())) <= parallel.options.worker_count
 
 
 class NeedsTwoArgs(Exception):

@@ -7,7 +7,6 @@ import itertools
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -99,15 +98,23 @@ def test_imap_yields_in_order_and_reads_input_lazily():
     assert len(pulled) <= 10 + 2 * parallel.options.worker_count + 1
 
 
-def test_imap_unordered_yields_as_tasks_finish():
-    def slow_first(x):
+def test_imap_unordered_yields_results_as_they_finish_not_in_input_order(session, tmp_path):
+    """Item 0 cannot finish until the caller has received the five after it, so an iterator that
+    kept input order could not go on. Two workers: with one, finishing order is input order."""
+    release = tmp_path / "release"
+
+    def held_until_released(x):
         if x == 0:
-            time.sleep(1.0)  # the workload: item 0 is slow
+            wait_until(release.exists, timeout=30)
         return x
 
-    order = list(parallel.imap_unordered(slow_first, range(6), chunksize=1))
-    assert sorted(order) == list(range(6))
-    assert order[-1] == 0
+    results = session.imap_unordered(held_until_released, range(6), chunksize=1, workers=2)
+    try:
+        first_five = [next(results) for _ in range(5)]
+    finally:
+        release.touch()
+    assert sorted(first_five) == [1, 2, 3, 4, 5]
+    assert list(results) == [0]
 
 
 def test_starmap_unpacks_argument_tuples():
