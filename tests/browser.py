@@ -20,8 +20,14 @@ import urllib.request
 from pathlib import Path
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 _BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -32,9 +38,15 @@ def find_or_install_chromium() -> tuple[str | None, str]:
     if found:
         return found, ""
     if not shutil.which("apt-get"):
-        return None, "no Chromium found and no apt-get to install it (install chromium to run this test)"
+        return (
+            None,
+            "no Chromium found and no apt-get to install it (install chromium to run this test)",
+        )
     if hasattr(os, "geteuid") and os.geteuid() != 0:
-        return None, "no Chromium found; installing it needs root (run: sudo apt-get install chromium)"
+        return (
+            None,
+            "no Chromium found; installing it needs root (run: sudo apt-get install chromium)",
+        )
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "timeout": 600}
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     update = subprocess.run(["apt-get", "update", "-q"], env=env, **quiet)  # type: ignore[call-overload]
@@ -42,7 +54,10 @@ def find_or_install_chromium() -> tuple[str | None, str]:
     found = shutil.which("chromium")
     if found:
         return found, ""
-    return None, f"installing Debian's chromium failed: {(update.stderr + install.stderr).decode()[-500:]}"
+    return (
+        None,
+        f"installing Debian's chromium failed: {(update.stderr + install.stderr).decode()[-500:]}",
+    )
 
 
 def free_port() -> int:
@@ -57,19 +72,36 @@ class JupyterLab:
     def __init__(self, root: Path, home: Path) -> None:
         self.port = free_port()
         settings = home / "lab-settings"
-        notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+        notification = (
+            settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+        )
         notification.parent.mkdir(parents=True)
         notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
         env = {
             **os.environ,
-            "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-            "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+            "JUPYTER_CONFIG_DIR": str(home / "config"),
+            "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+            "JUPYTERLAB_SETTINGS_DIR": str(settings),
+            "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
         }
         self.log = (home / "jupyterlab.log").open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
-             f"--port={self.port}", "--port-retries=0", "--IdentityProvider.token=", f"--ServerApp.root_dir={root}"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--allow-root",
+                "--ip=127.0.0.1",
+                f"--port={self.port}",
+                "--port-retries=0",
+                "--IdentityProvider.token=",
+                f"--ServerApp.root_dir={root}",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         self._wait_until_up(timeout=60)
 
@@ -81,13 +113,17 @@ class JupyterLab:
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited with {self.process.returncode}; see {self.log.name}")
+                raise RuntimeError(
+                    f"JupyterLab exited with {self.process.returncode}; see {self.log.name}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/api/status", timeout=2):
                     return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not answer within {timeout} s; see {self.log.name}") from None
+                    raise RuntimeError(
+                        f"JupyterLab did not answer within {timeout} s; see {self.log.name}"
+                    ) from None
                 time.sleep(0.2)
 
     def stop(self) -> None:

@@ -154,12 +154,19 @@ def session():
     own.shutdown()
 
 
-def run_script(code: str, tmp_path: Path, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess[str]:
+def run_script(
+    code: str, tmp_path: Path, timeout: float = 60, **kwargs
+) -> subprocess.CompletedProcess[str]:
     """Run `code` as a real `__main__` script (no guard) in a fresh interpreter."""
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(code))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=timeout,
-        cwd=tmp_path, env=env, **kwargs,
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+        env=env,
+        **kwargs,
     )

@@ -37,10 +37,15 @@ class Kernel:
     def __init__(self, directory: Path) -> None:
         spec_dir = directory / "kernels" / "nbparallel-test"
         spec_dir.mkdir(parents=True)
-        spec_dir.joinpath("kernel.json").write_text(json.dumps({
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "nbparallel test", "language": "python",
-        }))
+        spec_dir.joinpath("kernel.json").write_text(
+            json.dumps(
+                {
+                    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    "display_name": "nbparallel test",
+                    "language": "python",
+                }
+            )
+        )
         specs = KernelSpecManager(kernel_dirs=[str(directory / "kernels")])
         self.manager = KernelManager(kernel_name="nbparallel-test", kernel_spec_manager=specs)
         self.manager.start_kernel(cwd=str(directory))
@@ -93,7 +98,9 @@ class Kernel:
             return found
         for child in kernel_children:
             try:
-                if child.status() != psutil.STATUS_ZOMBIE and "nbparallel.worker" in " ".join(child.cmdline()):
+                if child.status() != psutil.STATUS_ZOMBIE and "nbparallel.worker" in " ".join(
+                    child.cmdline()
+                ):
                     found.add((child.pid, child.create_time()))
             except psutil.Error:
                 continue

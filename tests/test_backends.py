@@ -76,7 +76,9 @@ def test_an_exception_keeps_its_type_names_the_item_and_the_backend_stays_usable
 
 def test_errors_return_and_skip(on):
     returned = on.map(fails_on_four, range(6), errors="return", chunksize=3)
-    assert returned[:4] == [0, 1, 2, 3] and isinstance(returned[4], LookupError) and returned[5] == 5
+    assert (
+        returned[:4] == [0, 1, 2, 3] and isinstance(returned[4], LookupError) and returned[5] == 5
+    )
     assert on.map(fails_on_four, range(6), errors="skip") == [0, 1, 2, 3, 5]
 
 
@@ -87,7 +89,10 @@ def test_print_inside_a_task_reaches_the_caller(on, capsys):
 
 def test_every_worker_setup_defines_names_for_later_tasks(on):
     base = 7
-    assert on.run_on_every_worker("import math as setup_math\nfrom_setup = base * 6", {"base": base}) >= 1
+    assert (
+        on.run_on_every_worker("import math as setup_math\nfrom_setup = base * 6", {"base": base})
+        >= 1
+    )
     assert on.map(lambda x: from_setup + x + int(setup_math.pi), range(3)) == [45, 46, 47]
 
 
@@ -161,8 +166,11 @@ def tasks_queued_on_dask_workers() -> list[str]:
     import distributed
 
     def queued(dask_worker) -> list[str]:
-        return [str(ts.key) for ts in dask_worker.state.tasks.values()
-                if ts.state in ("waiting", "ready", "constrained")]
+        return [
+            str(ts.key)
+            for ts in dask_worker.state.tasks.values()
+            if ts.state in ("waiting", "ready", "constrained")
+        ]
 
     return [key for keys in distributed.Client.current().run(queued).values() for key in keys]
 

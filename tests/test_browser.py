@@ -15,7 +15,11 @@ import pytest
 
 from .browser import CHROMIUM_FLAGS, JupyterLab, find_or_install_chromium
 
-ARTIFACTS = Path(os.environ.get("NBPARALLEL_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get(
+        "NBPARALLEL_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"
+    )
+)
 
 CELLS = [
     "from nbparallel import parallel\nimport time",
@@ -36,7 +40,10 @@ RECORD_WIDTHS = """() => {
     }, 20);
 }"""
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]  # with installing Chromium on a fresh machine
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.timeout(900),
+]  # with installing Chromium on a fresh machine
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +59,23 @@ def lab(tmp_path):
     root = tmp_path / "notebooks"
     root.mkdir()
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in CELLS])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(notebook, root / "progress.ipynb")  # a fresh one: JupyterLab saves outputs into it
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(
+        notebook, root / "progress.ipynb"
+    )  # a fresh one: JupyterLab saves outputs into it
     server = JupyterLab(root, tmp_path)
     yield server
     server.stop()
 
 
 def test_progress_bars_render_move_and_end_green_then_red_in_jupyterlab(chromium, lab, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         try:
@@ -81,16 +96,23 @@ def test_progress_bars_render_move_and_end_green_then_red_in_jupyterlab(chromium
                 "() => document.querySelectorAll('.widget-hprogress .progress-bar.progress-bar-danger').length == 1",
                 timeout=120_000,
             )
-            page.get_by_text("ZeroDivisionError").first.wait_for(timeout=30_000)  # the map's own error
+            page.get_by_text("ZeroDivisionError").first.wait_for(
+                timeout=30_000
+            )  # the map's own error
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "progress-widget.png"))
             top = page.locator(".jp-Cell").nth(1).bounding_box()
             bottom = page.locator(".nbparallel-progress").nth(1).bounding_box()
             assert top is not None and bottom is not None
-            page.screenshot(path=str(ARTIFACTS / "progress-widget-cells.png"), clip={
-                "x": top["x"], "y": top["y"], "width": top["width"],
-                "height": bottom["y"] + bottom["height"] - top["y"] + 8,
-            })
+            page.screenshot(
+                path=str(ARTIFACTS / "progress-widget-cells.png"),
+                clip={
+                    "x": top["x"],
+                    "y": top["y"],
+                    "width": top["width"],
+                    "height": bottom["y"] + bottom["height"] - top["y"] + 8,
+                },
+            )
 
             assert bars.count() == 2
             first, second = bars.nth(0), bars.nth(1)

@@ -53,7 +53,8 @@ def scheduler_port(scheduler: psutil.Process, workers: list[psutil.Process]) -> 
     """The port of `scheduler` that its workers are connected to."""
     connected = {
         connection.raddr.port
-        for worker in workers for connection in worker.net_connections(kind="inet")
+        for worker in workers
+        for connection in worker.net_connections(kind="inet")
         if connection.raddr and connection.status == psutil.CONN_ESTABLISHED
     }
     (port,) = connected & {port for _, port in listening(scheduler)}
@@ -86,7 +87,10 @@ def test_a_client_without_this_kernels_credentials_cannot_run_a_task(cluster):
     # The scheduler's port is in the workers' command lines, for anyone to see.
     port = scheduler_port(scheduler, [process for process in cluster if process != scheduler])
     stranger = subprocess.run(
-        [sys.executable, "-c", STRANGER, str(port)], check=False, capture_output=True, text=True,
+        [sys.executable, "-c", STRANGER, str(port)],
+        check=False,
+        capture_output=True,
+        text=True,
         timeout=50,
     )
     assert stranger.returncode == 0, stranger.stderr
@@ -102,10 +106,18 @@ def test_a_client_the_user_gives_is_used_as_it_is_and_left_open(session):
     from distributed.security import Security
 
     theirs = Security.temporary()
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, protocol="tls", security=theirs,
-        host="127.0.0.1", dashboard_address=None,
-    ) as their_cluster, distributed.Client(their_cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            protocol="tls",
+            security=theirs,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as their_cluster,
+        distributed.Client(their_cluster) as client,
+    ):
         before = {child.pid for child in psutil.Process().children(recursive=True)}
         session.configure(backend="dask", address=client)
         assert session.map(lambda _: os.getpid(), range(2)) == [os.getpid()] * 2  # their threads
@@ -123,15 +135,25 @@ def test_an_address_the_user_gives_connects_with_their_own_dask_security(session
     from distributed.security import Security
 
     theirs = Security.temporary()
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, protocol="tls", security=theirs,
-        host="127.0.0.1", dashboard_address=None,
-    ) as their_cluster, dask.config.set({
-        "distributed.comm.require-encryption": True,
-        "distributed.comm.tls.ca-file": theirs.tls_ca_file,
-        "distributed.comm.tls.client.cert": theirs.tls_client_cert,
-        "distributed.comm.tls.client.key": theirs.tls_client_key,
-    }):
+    with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            protocol="tls",
+            security=theirs,
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as their_cluster,
+        dask.config.set(
+            {
+                "distributed.comm.require-encryption": True,
+                "distributed.comm.tls.ca-file": theirs.tls_ca_file,
+                "distributed.comm.tls.client.cert": theirs.tls_client_cert,
+                "distributed.comm.tls.client.key": theirs.tls_client_key,
+            }
+        ),
+    ):
         session.configure(backend="dask", address=their_cluster.scheduler_address)
         assert session.map(lambda _: os.getpid(), range(2)) == [os.getpid()] * 2
         session.shutdown()

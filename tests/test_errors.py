@@ -21,7 +21,6 @@ from nbparallel import (
 
 from .conftest import wait_until
 
-
 pytestmark = pytest.mark.usefixtures("quiet_progress")
 
 
@@ -111,7 +110,9 @@ def test_missing_module_in_worker_is_named():
     exec("def double(x):\n    return 2 * x", ghost.__dict__)
     sys.modules[ghost.__name__] = ghost
     try:
-        with pytest.raises(ModuleNotFoundError, match="cannot import 'ghost_module_only_in_parent'"):
+        with pytest.raises(
+            ModuleNotFoundError, match="cannot import 'ghost_module_only_in_parent'"
+        ):
             parallel.map(ghost.double, [1, 2])
     finally:
         del sys.modules[ghost.__name__]
@@ -131,10 +132,14 @@ def test_missing_module_in_worker_is_named():
 def test_unsendable_capture_fails_before_any_work_and_names_the_variable(make, kind, session):
     resource = make()
     try:
+
         def use_resource(x):
             return (resource, x)
 
-        with pytest.raises(UnsendableError, match=rf"cannot send '.*use_resource' .* captures 'resource' \(.*{kind}"):
+        with pytest.raises(
+            UnsendableError,
+            match=rf"cannot send '.*use_resource' .* captures 'resource' \(.*{kind}",
+        ):
             session.map(use_resource, range(3))
         assert session.status().workers == []
     finally:
@@ -151,7 +156,9 @@ def test_unsendable_capture_is_found_through_helpers_and_containers():
     def task(x):
         return query(x)
 
-    with pytest.raises(UnsendableError, match=r"captures \"query -> config\['db'\]\" \(sqlite3.Connection\)"):
+    with pytest.raises(
+        UnsendableError, match=r"captures \"query -> config\['db'\]\" \(sqlite3.Connection\)"
+    ):
         parallel.map(task, [1])
     config["db"].close()
 
@@ -167,7 +174,15 @@ def test_unsendable_capture_is_found_through_helpers_and_containers():
         (lambda: parallel.map(abs, [1], wrokers=2), "unknown option 'wrokers'"),
         (lambda: parallel.configure(workers=2.5), "workers=2.5 is not valid"),
     ],
-    ids=["not-callable", "not-iterable", "workers", "chunksize", "progress", "unknown", "configure"],
+    ids=[
+        "not-callable",
+        "not-iterable",
+        "workers",
+        "chunksize",
+        "progress",
+        "unknown",
+        "configure",
+    ],
 )
 def test_bad_input_gets_a_clear_error(call, message):
     with pytest.raises((TypeError, ValueError), match=message):

@@ -45,9 +45,20 @@ def alive(processes) -> set:
 
 
 def test_load_ext_twice_is_harmless_and_unload_removes_everything(kernel):
-    first = kernel.ok("%load_ext nbparallel\n%load_ext nbparallel\n%reload_ext nbparallel\nprint(type(parallel).__name__)")
+    first = kernel.ok(
+        "%load_ext nbparallel\n%load_ext nbparallel\n%reload_ext nbparallel\nprint(type(parallel).__name__)"
+    )
     assert first.stdout.splitlines()[-1] == "Parallel"
-    assert kernel.value("parallel.map(abs, range(-4, 4), progress=False)") == [4, 3, 2, 1, 0, 1, 2, 3]
+    assert kernel.value("parallel.map(abs, range(-4, 4), progress=False)") == [
+        4,
+        3,
+        2,
+        1,
+        0,
+        1,
+        2,
+        3,
+    ]
     workers = kernel.workers()
     assert workers
     kernel.ok("%unload_ext nbparallel")
@@ -70,17 +81,23 @@ def test_cell_magic_maps_the_body_and_binds_results_in_input_order(shared_kernel
 
 def test_cell_magic_options_tuple_targets_and_shown_results(shared_kernel):
     shared_kernel.ok("scale = 10")
-    shown = shared_kernel.ok("%%parallel for a, b in [(1, 2), (3, 4)] --workers 1 --chunksize 1\n(a + b) * scale")
+    shown = shared_kernel.ok(
+        "%%parallel for a, b in [(1, 2), (3, 4)] --workers 1 --chunksize 1\n(a + b) * scale"
+    )
     assert shown.results == ["[30, 70]"]
     shared_kernel.ok("import threading")
-    threaded = shared_kernel.ok("%%parallel for n in [1, 2] --backend threads\nthreading.current_thread().name")
+    threaded = shared_kernel.ok(
+        "%%parallel for n in [1, 2] --backend threads\nthreading.current_thread().name"
+    )
     assert "nbparallel-thread" in threaded.results[0]
     shared_kernel.ok("%%parallel for n in range(20) -> out --unordered --no-progress\nn * n")
     assert sorted(shared_kernel.value("out")) == [n * n for n in range(20)]
 
 
 def test_cell_magic_error_is_the_users_exception_with_the_cell_line(shared_kernel):
-    reply = shared_kernel.run("%%parallel for word in ['1', 'two'] -> numbers\nvalue = int(word)\nvalue")
+    reply = shared_kernel.run(
+        "%%parallel for word in ['1', 'two'] -> numbers\nvalue = int(word)\nvalue"
+    )
     assert reply.ename == "ValueError"
     traceback = shared_kernel.ok(
         "import traceback\ntry:\n    parallel.map(int, ['x'])\nexcept ValueError as e:\n    print(e.__notes__)"
@@ -97,8 +114,14 @@ def test_cell_magic_error_is_the_users_exception_with_the_cell_line(shared_kerne
         ("%%parallel for x in [1] -> 2bad", "must be a variable name"),
         ("%%parallel for x in [1] --workers 0", "workers=0 is not valid"),
         ("%%parallel for x in [1] --speed 3", "unrecognized arguments"),
-        ("%%parallel for x in [1] --backend spark", "unknown backend 'spark'; the backends are: processes, threads, dask"),
-        ("%%parallel for x in [1] --background --unordered", "--background collects results in input order"),
+        (
+            "%%parallel for x in [1] --backend spark",
+            "unknown backend 'spark'; the backends are: processes, threads, dask",
+        ),
+        (
+            "%%parallel for x in [1] --background --unordered",
+            "--background collects results in input order",
+        ),
     ],
 )
 def test_malformed_magic_line_raises_usage_error_saying_what_to_write(shared_kernel, line, message):
@@ -118,12 +141,22 @@ def test_every_worker_cell_defines_names_for_later_tasks_and_new_workers_replay_
 ):
     count = shared_kernel.value("parallel.options.worker_count")
     shared_kernel.ok("base = 21")
-    reply = shared_kernel.ok("%%parallel --every-worker\nimport math as worker_math\nsecret = base * 2")
+    reply = shared_kernel.ok(
+        "%%parallel --every-worker\nimport math as worker_math\nsecret = base * 2"
+    )
     assert reply.stdout.strip() == f"ran on {count} workers"
     assert shared_kernel.run("secret").ename == "NameError"  # it ran in the workers only
-    assert shared_kernel.value("parallel.map(lambda x: secret + x, range(4), chunksize=1)") == [42, 43, 44, 45]
+    assert shared_kernel.value("parallel.map(lambda x: secret + x, range(4), chunksize=1)") == [
+        42,
+        43,
+        44,
+        45,
+    ]
     before = {pid for pid, _ in shared_kernel.workers()}
-    assert shared_kernel.run("import os\nparallel.map(lambda x: os._exit(1), [0])").ename == "WorkerDiedError"
+    assert (
+        shared_kernel.run("import os\nparallel.map(lambda x: os._exit(1), [0])").ename
+        == "WorkerDiedError"
+    )
     # Each item waits until every worker has one, so every worker runs one: the replacement too.
     arrived = tmp_path / "arrived"
     arrived.mkdir()
@@ -172,7 +205,9 @@ def test_print_inside_a_task_shows_in_the_cell_in_order_per_worker(shared_kernel
 
 
 def test_rerunning_a_cell_never_adds_processes(kernel):
-    cell = "from nbparallel import parallel\nparallel.map(lambda x: x * 2, range(100), progress=False)"
+    cell = (
+        "from nbparallel import parallel\nparallel.map(lambda x: x * 2, range(100), progress=False)"
+    )
     kernel.ok(cell)
     after_first = kernel.workers()
     for _ in range(5):
@@ -232,7 +267,9 @@ def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, 
     workers = kernel.workers()
     assert len(workers) == count
     if busy != "idle":
-        kernel.send(f"parallel.map(lambda n: slow(n, {busy!r}), range(50), chunksize=1, progress=False)")
+        kernel.send(
+            f"parallel.map(lambda n: slow(n, {busy!r}), range(50), chunksize=1, progress=False)"
+        )
         wait_until(lambda: len(started(tmp_path)) >= count)  # every worker is in an item
     gone_at = time.time()
     end_kernel(kernel, how)
@@ -244,10 +281,10 @@ def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, 
 
 STARTERS = {  # the pool starts, so its workers are started, on a thread that then ends
     "map_async": "handle = parallel.map_async(where, range(8), chunksize=1)\n"
-                 "pids = set(handle.result(30))\nstarter = handle._thread",
+    "pids = set(handle.result(30))\nstarter = handle._thread",
     "a thread of the user's": "pids = set()\nstarter = threading.Thread(target=lambda: "
-                              "pids.update(parallel.map(where, range(8), chunksize=1)))\n"
-                              "starter.start()\nstarter.join(30)",
+    "pids.update(parallel.map(where, range(8), chunksize=1)))\n"
+    "starter.start()\nstarter.join(30)",
 }
 
 
@@ -256,14 +293,18 @@ STARTERS = {  # the pool starts, so its workers are started, on a thread that th
 def test_workers_live_on_when_the_thread_that_started_them_ends(kernel, starter):
     """Linux sends the parent-death signal when the *thread* that started a process ends: the
     workers must die with the kernel, not with whichever of its threads started them."""
-    kernel.ok("import os, threading, time\nfrom nbparallel import parallel\n"
-              "parallel.configure(workers=2, progress=False)\ndef where(_):\n"
-              "    time.sleep(0.05)  # long enough for both workers to take tasks\n    return os.getpid()")
+    kernel.ok(
+        "import os, threading, time\nfrom nbparallel import parallel\n"
+        "parallel.configure(workers=2, progress=False)\ndef where(_):\n"
+        "    time.sleep(0.05)  # long enough for both workers to take tasks\n    return os.getpid()"
+    )
     kernel.ok(STARTERS[starter])
     # join() returns a moment before the thread is gone, and the signal is sent once it is.
-    kernel.ok("deadline = time.monotonic() + 10\n"
-              "while os.path.exists(f'/proc/self/task/{starter.native_id}'):\n"
-              "    assert time.monotonic() < deadline, 'the thread did not end'\n    time.sleep(0.01)")
+    kernel.ok(
+        "deadline = time.monotonic() + 10\n"
+        "while os.path.exists(f'/proc/self/task/{starter.native_id}'):\n"
+        "    assert time.monotonic() < deadline, 'the thread did not end'\n    time.sleep(0.01)"
+    )
     started_there = set(kernel.value("sorted(pids)"))
     workers = kernel.workers()
     assert len(started_there) == 2 and {pid for pid, _ in workers} == started_there
@@ -277,8 +318,10 @@ def test_a_kernel_asked_to_exit_stops_its_pool_and_exits_by_itself(kernel, tmp_p
     replace each worker it ends, the kernel would miss jupyter_client's deadline and be killed:
     no atexit handler would run, and the pool's worker record would stay behind."""
     ran = tmp_path / "atexit-ran"
-    kernel.ok(f"import atexit, pathlib\natexit.register(pathlib.Path({str(ran)!r}).touch)\n"
-              "from nbparallel import parallel\nparallel.map(abs, range(4), progress=False)")
+    kernel.ok(
+        f"import atexit, pathlib\natexit.register(pathlib.Path({str(ran)!r}).touch)\n"
+        "from nbparallel import parallel\nparallel.map(abs, range(4), progress=False)"
+    )
     process = kernel.manager.provisioner.process  # type: ignore[union-attr]
     assert list(lifecycle.state_dir().glob(f"{process.pid}-*.json"))  # the pool's record
     end_kernel(kernel, how)
@@ -292,8 +335,12 @@ def test_the_local_dask_cluster_is_gone_within_2s_when_the_kernel_goes(kernel, t
     """Its scheduler and workers are not in the kernel's process group (so that Stop spares
     them): they go because each holds a pipe only the kernel can keep open."""
     kernel.ok(START_MARKERS.format(directory=str(tmp_path), fast=0))
-    kernel.ok("parallel.configure(backend='dask', workers=2, progress=False)\nparallel.map(abs, [1])")
-    cluster = {lifecycle.identify(p.pid) for p in psutil.Process(kernel.pid).children(recursive=True)} - {None}
+    kernel.ok(
+        "parallel.configure(backend='dask', workers=2, progress=False)\nparallel.map(abs, [1])"
+    )
+    cluster = {
+        lifecycle.identify(p.pid) for p in psutil.Process(kernel.pid).children(recursive=True)
+    } - {None}
     assert len(cluster) == 3  # a scheduler and two workers
     kernel.send("parallel.map(slow, range(4), chunksize=1)")
     wait_until(lambda: len(started(tmp_path)) >= 2)  # both workers are busy
@@ -332,10 +379,16 @@ def test_interrupt_stops_the_call_at_once_and_the_next_map_runs(kernel, tmp_path
 def test_interrupt_leaves_the_dask_cluster_nbparallel_started_running(kernel, tmp_path):
     """The Stop button stops the cell's dask call, not the local cluster: the next call runs on it."""
     kernel.ok(START_MARKERS.format(directory=str(tmp_path), fast=0))
-    kernel.ok("parallel.configure(backend='dask', workers=2, progress=False)\nparallel.map(abs, [1])")
-    cluster = {lifecycle.identify(p.pid) for p in psutil.Process(kernel.pid).children(recursive=True)} - {None}
+    kernel.ok(
+        "parallel.configure(backend='dask', workers=2, progress=False)\nparallel.map(abs, [1])"
+    )
+    cluster = {
+        lifecycle.identify(p.pid) for p in psutil.Process(kernel.pid).children(recursive=True)
+    } - {None}
     # A dask task cannot be stopped once it runs: these end by themselves, 2 s after they start.
-    kernel.ok("def nap(n):\n    (marks / f'start-{n}-{time.time():.3f}').touch()\n    time.sleep(2)\n    return n")
+    kernel.ok(
+        "def nap(n):\n    (marks / f'start-{n}-{time.time():.3f}').touch()\n    time.sleep(2)\n    return n"
+    )
     msg_id = kernel.send("parallel.map(nap, range(4), chunksize=1)")
     wait_until(lambda: len(started(tmp_path)) >= 2)  # both dask workers are in a task
     kernel.manager.interrupt_kernel()
@@ -347,7 +400,9 @@ def test_interrupt_leaves_the_dask_cluster_nbparallel_started_running(kernel, tm
 
 def test_interrupt_while_workers_boot_does_not_kill_them(kernel):
     """Workers started a moment before a Stop click survive it (they ignore SIGINT from birth)."""
-    kernel.ok("import os\nfrom nbparallel import parallel\nparallel.configure(progress=False)\nparallel.map(abs, [1])")
+    kernel.ok(
+        "import os\nfrom nbparallel import parallel\nparallel.configure(progress=False)\nparallel.map(abs, [1])"
+    )
     kernel.ok("parallel.restart()")
     booting = kernel.workers()
     for _ in range(3):
@@ -357,10 +412,14 @@ def test_interrupt_while_workers_boot_does_not_kill_them(kernel):
     assert alive(booting) == booting
 
 
-@pytest.mark.parametrize("trigger, says", [
-    ("%load_ext nbparallel", "stopped 1 worker process left behind by a kernel that is gone"),
-    ("from nbparallel import parallel\nparallel.map(abs, [1], progress=False)", ""),
-], ids=["load-ext", "pool-start"])
+@pytest.mark.parametrize(
+    "trigger, says",
+    [
+        ("%load_ext nbparallel", "stopped 1 worker process left behind by a kernel that is gone"),
+        ("from nbparallel import parallel\nparallel.map(abs, [1], progress=False)", ""),
+    ],
+    ids=["load-ext", "pool-start"],
+)
 def test_extension_load_or_pool_start_stops_workers_left_by_dead_kernels(kernel, trigger, says):
     """Only processes whose pid *and* creation time match the record of a dead owner are
     stopped: not a reused pid, not the workers of a live pool in another process."""
@@ -377,7 +436,10 @@ def test_extension_load_or_pool_start_stops_workers_left_by_dead_kernels(kernel,
         owner.wait(10)
         orphan_id = lifecycle.identify(orphan.pid)
         bystander_id = lifecycle.identify(bystander.pid)
-        record = {"owner": owner_id, "workers": [orphan_id, (bystander_id[0], bystander_id[1] - 1000.0)]}
+        record = {
+            "owner": owner_id,
+            "workers": [orphan_id, (bystander_id[0], bystander_id[1] - 1000.0)],
+        }
         lifecycle.state_dir().mkdir(parents=True, exist_ok=True)
         (lifecycle.state_dir() / "dead-owner.json").write_text(json.dumps(record))
         assert says in kernel.ok(trigger).stdout

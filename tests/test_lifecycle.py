@@ -69,7 +69,8 @@ def test_the_record_lives_in_the_runtime_folder_only_when_that_is_private(tmp_pa
 
 
 def test_a_new_record_folder_and_its_record_are_private_whatever_the_umask(
-        private_folder, monkeypatch):
+    private_folder, monkeypatch
+):
     folder = private_folder / "made" / "records"
     monkeypatch.setenv("NBPARALLEL_STATE_DIR", str(folder))
     pool = object()
@@ -90,7 +91,8 @@ def test_a_new_record_folder_and_its_record_are_private_whatever_the_umask(
 
 
 def test_a_folder_others_can_write_is_refused_once_with_a_warning_and_nothing_is_swept(
-        private_folder, our_process):
+    private_folder, our_process
+):
     plant_record(private_folder / "planted.json", [lifecycle.identify(our_process.pid)])
     private_folder.chmod(0o777)
     with pytest.warns(UnsafeFolderWarning, match=f"{private_folder}.*changed by other users"):
@@ -117,7 +119,8 @@ def test_a_symlinked_folder_is_refused(private_folder, tmp_path, monkeypatch, ou
 
 
 def test_a_symlink_in_our_folder_is_not_followed_to_a_record_elsewhere(
-        private_folder, tmp_path, our_process):
+    private_folder, tmp_path, our_process
+):
     elsewhere = tmp_path / "elsewhere.json"
     plant_record(elsewhere, [lifecycle.identify(our_process.pid)])
     (private_folder / "planted.json").symlink_to(elsewhere)
@@ -126,7 +129,8 @@ def test_a_symlink_in_our_folder_is_not_followed_to_a_record_elsewhere(
 
 
 def test_a_record_is_never_written_through_a_link_at_its_temporary_name(
-        private_folder, tmp_path, monkeypatch):
+    private_folder, tmp_path, monkeypatch
+):
     """Old records were written to a name anyone could predict; the name is now random (fixed
     here to plant a link on it) and the file created exclusively, so the link makes it fail."""
     precious = tmp_path / "precious"
@@ -160,8 +164,12 @@ def other_user():
     import pwd
 
     name = f"nbpx{secrets.token_hex(4)}"
-    subprocess.run(["useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin",
-                    name], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        ["useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     try:
         entry = pwd.getpwnam(name)
         yield name, entry.pw_uid, entry.pw_gid
@@ -175,10 +183,17 @@ def run_as(user, code: str) -> None:
     """Run `code` as `user`. The interpreter starts as root and then drops every privilege: the
     venv's Python lives where other users cannot read it."""
     _, uid, gid = user
-    drop = f"import json, os\nos.setgroups([])\nos.setresgid({gid}, {gid}, {gid})\n" \
-           f"os.setresuid({uid}, {uid}, {uid})\nassert os.geteuid() == {uid}\n"
-    result = subprocess.run([sys.executable, "-c", drop + textwrap.dedent(code)], cwd="/",
-                            capture_output=True, text=True, timeout=30)
+    drop = (
+        f"import json, os\nos.setgroups([])\nos.setresgid({gid}, {gid}, {gid})\n"
+        f"os.setresuid({uid}, {uid}, {uid})\nassert os.geteuid() == {uid}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", drop + textwrap.dedent(code)],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -193,26 +208,40 @@ def shared_temp():
 
 def start_victim(code: str, temp: Path) -> subprocess.Popen[str]:
     """nbparallel in a fresh interpreter that finds its record folder the default way, in `temp`."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("NBPARALLEL_STATE_DIR", "XDG_RUNTIME_DIR")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("NBPARALLEL_STATE_DIR", "XDG_RUNTIME_DIR")
+    }
     env.update(TMPDIR=str(temp), PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o755], ids=["mode-777", "mode-755"])
 def test_a_folder_another_user_made_first_is_refused_and_our_process_survives(
-        other_user, shared_temp, our_process, mode):
+    other_user, shared_temp, our_process, mode
+):
     folder = shared_temp / f"nbparallel-{os.getuid()}"
     record = {"owner": DEAD_OWNER, "workers": [lifecycle.identify(our_process.pid)]}
-    run_as(other_user, f"""
+    run_as(
+        other_user,
+        f"""
         os.mkdir({str(folder)!r})
         os.chmod({str(folder)!r}, {mode})
         with open({str(folder / "planted.json")!r}, "w") as file:
             json.dump({record!r}, file)
-        """)
-    victim = start_victim("from nbparallel import lifecycle\nprint(lifecycle.reap_orphans())",
-                          shared_temp)
+        """,
+    )
+    victim = start_victim(
+        "from nbparallel import lifecycle\nprint(lifecycle.reap_orphans())", shared_temp
+    )
     out, err = victim.communicate(timeout=30)
     assert victim.returncode == 0, err
     assert out.strip() == "0"
@@ -222,24 +251,31 @@ def test_a_folder_another_user_made_first_is_refused_and_our_process_survives(
 
 
 def test_a_link_another_user_planted_at_our_temporary_file_is_not_written_through(
-        other_user, shared_temp, tmp_path):
+    other_user, shared_temp, tmp_path
+):
     precious = tmp_path / "precious"  # a file of ours (say ~/.bashrc) the attacker wants changed
     precious.write_text("precious")
     folder = shared_temp / f"nbparallel-{os.getuid()}"
-    victim = start_victim("""
+    victim = start_victim(
+        """
         import os, sys
         from nbparallel import lifecycle
         sys.stdin.readline()  # the attacker plants the link meanwhile
         lifecycle.record_workers(object(), [lifecycle.identify(os.getpid())])
-        """, shared_temp)
+        """,
+        shared_temp,
+    )
     try:
         pid, created = lifecycle.identify(victim.pid)
-        run_as(other_user, f"""
+        run_as(
+            other_user,
+            f"""
             os.mkdir({str(folder)!r})
             os.chmod({str(folder)!r}, 0o777)
             for name in ({f"{pid}-{created:.3f}.tmp"!r}, {f"{pid}-{created:.3f}.json"!r}):
                 os.symlink({str(precious)!r}, os.path.join({str(folder)!r}, name))
-            """)
+            """,
+        )
         out, err = victim.communicate("go\n", timeout=30)
     finally:
         victim.kill()
@@ -250,7 +286,8 @@ def test_a_link_another_user_planted_at_our_temporary_file_is_not_written_throug
 
 
 def test_a_record_another_user_owns_is_never_trusted_even_in_our_folder(
-        other_user, private_folder, our_process):
+    other_user, private_folder, our_process
+):
     planted = private_folder / "planted.json"
     plant_record(planted, [lifecycle.identify(our_process.pid)])
     os.chown(planted, other_user[1], other_user[2])
@@ -259,9 +296,11 @@ def test_a_record_another_user_owns_is_never_trusted_even_in_our_folder(
 
 
 def test_the_sweep_never_kills_another_users_process_even_when_our_record_lists_it(
-        other_user, private_folder):
-    theirs = subprocess.Popen(["sleep", "120"], user=other_user[1], group=other_user[2],
-                              extra_groups=[], cwd="/")
+    other_user, private_folder
+):
+    theirs = subprocess.Popen(
+        ["sleep", "120"], user=other_user[1], group=other_user[2], extra_groups=[], cwd="/"
+    )
     try:
         plant_record(private_folder / "ours.json", [lifecycle.identify(theirs.pid)])
         assert lifecycle.reap_orphans() == 0

@@ -18,15 +18,20 @@ HELP = re.escape("%%parallel for NAME in ITERABLE [-> RESULT]")  # as a pattern 
         ("for x in items", "for x in items", ""),
         ("  for x in items  ", "for x in items", ""),
         ("for x in items --workers 4", "for x in items", "--workers 4"),
-        ("for path in files -> sizes --workers 4 --no-progress", "for path in files -> sizes",
-         "--workers 4 --no-progress"),
+        (
+            "for path in files -> sizes --workers 4 --no-progress",
+            "for path in files -> sizes",
+            "--workers 4 --no-progress",
+        ),
         ("--every-worker", "", "--every-worker"),
         ("", "", ""),
         # An expression with `--` not after a space stays in the loop: x--1 is x - (-1).
         ("for x in range(a--1)", "for x in range(a--1)", ""),
     ],
 )
-def test_split_line_puts_everything_from_the_first_space_dash_dash_in_the_options(line, loop, options):
+def test_split_line_puts_everything_from_the_first_space_dash_dash_in_the_options(
+    line, loop, options
+):
     assert split_line(line) == (loop, options)
 
 
@@ -41,10 +46,22 @@ def test_split_line_puts_everything_from_the_first_space_dash_dash_in_the_option
         ("for (a, (b, c)) in zip(xs, nested)", ("(a, (b, c))", "zip(xs, nested)", None)),
         ("for row in table.rows[1:] -> out", ("row", "table.rows[1:]", "out")),
         ("for k, v in {'a': 1, 'b': 2}.items()", ("k, v", "{'a': 1, 'b': 2}.items()", None)),
-        ("for x in (n * n for n in range(3)) -> squares", ("x", "(n * n for n in range(3))", "squares")),
+        (
+            "for x in (n * n for n in range(3)) -> squares",
+            ("x", "(n * n for n in range(3))", "squares"),
+        ),
     ],
-    ids=["name", "result", "arrow-without-spaces", "extra-spaces", "tuple", "nested-tuple",
-         "subscript", "dict-items", "generator"],
+    ids=[
+        "name",
+        "result",
+        "arrow-without-spaces",
+        "extra-spaces",
+        "tuple",
+        "nested-tuple",
+        "subscript",
+        "dict-items",
+        "generator",
+    ],
 )
 def test_parse_loop_reads_target_iterable_and_result_of_every_valid_form(spec, expected):
     assert parse_loop(spec) == expected
@@ -71,10 +88,23 @@ def test_a_whole_line_parses_into_loop_and_options_as_the_magic_does():
         ("for x in [1] -> 2bad", r"the result after '->' must be a variable name, got '2bad'"),
         ("for x in [1] -> out.attr", r"must be a variable name, got 'out.attr'"),
     ],
-    ids=["empty", "no-for", "no-in", "no-iterable", "no-target", "literal-target", "call-target",
-         "unclosed-bracket", "arrow-without-result", "result-not-a-name", "result-attribute"],
+    ids=[
+        "empty",
+        "no-for",
+        "no-in",
+        "no-iterable",
+        "no-target",
+        "literal-target",
+        "call-target",
+        "unclosed-bracket",
+        "arrow-without-result",
+        "result-not-a-name",
+        "result-attribute",
+    ],
 )
-def test_each_malformed_loop_raises_usage_error_saying_what_is_wrong_and_what_to_write(spec, message):
+def test_each_malformed_loop_raises_usage_error_saying_what_is_wrong_and_what_to_write(
+    spec, message
+):
     with pytest.raises(UsageError, match=message):
         parse_loop(spec)
 

@@ -16,7 +16,6 @@ from nbparallel import crossmemory, parallel
 
 from .conftest import wait_until
 
-
 pytestmark = pytest.mark.usefixtures("quiet_progress")
 
 
@@ -65,7 +64,9 @@ def test_chunksize_keeps_items_together():
     assert len(set(parallel.map(lambda _: os.getpid(), range(50), chunksize=50))) == 1
 
 
-@pytest.mark.parametrize("kind", [list, tuple, range, iter], ids=["list", "tuple", "range", "iterator"])
+@pytest.mark.parametrize(
+    "kind", [list, tuple, range, iter], ids=["list", "tuple", "range", "iterator"]
+)
 def test_every_kind_of_input_gives_the_same_results_and_error_positions(kind, session):
     """Lists, tuples and ranges are chunked by slicing, other iterables read item by item: the
     results, and the position an error names, are the same."""
@@ -127,7 +128,7 @@ def test_starmap_rejects_items_that_are_not_tuples():
 
 
 def test_submit_returns_a_future():
-    future = parallel.submit(lambda a, b=0: a ** 2 + b, 7, b=1)
+    future = parallel.submit(lambda a, b=0: a**2 + b, 7, b=1)
     assert future.result(timeout=30) == 50
 
 
@@ -169,7 +170,10 @@ def test_shutdown_stops_workers_and_next_call_starts_fresh(session):
     first = set(session.map(lambda _: os.getpid(), range(4), chunksize=1))
     session.shutdown()
     assert session.status().workers == []
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in first)
+    assert not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        for pid in first
+    )
     second = set(session.map(lambda _: os.getpid(), range(4), chunksize=1))
     assert first.isdisjoint(second)
 
@@ -180,7 +184,7 @@ def test_large_arrays_travel_out_of_band_and_come_back_writable():
     numpy = pytest.importorskip("numpy")
     parts = [numpy.arange(n, dtype=float) for n in (3, 200_000, 1_000_000)]
     doubled = parallel.map(lambda a: a * 2, parts, chunksize=2)
-    for part, result in zip(parts, doubled):
+    for part, result in zip(parts, doubled, strict=True):
         assert numpy.array_equal(result, part * 2)
     doubled[1][0] = -1.0  # writable: not a view of a read-only message
     assert doubled[1][0] == -1.0
@@ -196,11 +200,17 @@ def shared_files(pid: int) -> tuple[set[int], set[int]]:
                 opened.add(fd.stat().st_ino)
         except FileNotFoundError:  # closed meanwhile (the listing's own descriptor, say)
             continue
-    mapped = {int(line.split()[4]) for line in (proc / "maps").read_text().splitlines() if "nbparallel-frame" in line}
+    mapped = {
+        int(line.split()[4])
+        for line in (proc / "maps").read_text().splitlines()
+        if "nbparallel-frame" in line
+    }
     return opened, mapped
 
 
-@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="shared files are anonymous (memfd) on Linux only")
+@pytest.mark.skipif(
+    not hasattr(os, "memfd_create"), reason="shared files are anonymous (memfd) on Linux only"
+)
 def test_big_arrays_go_through_shared_memory_copy_on_write_and_nothing_stays_behind(session):
     """Arrays above the sharing threshold, as items, results and captured globals, arrive
     correct; a worker changing its copy changes nothing in the notebook; and once calls are
@@ -223,7 +233,7 @@ def test_big_arrays_go_through_shared_memory_copy_on_write_and_nothing_stays_beh
 
     for value in (1.0, 2.0, 3.0):
         grid = numpy.full(4_000_000, value)  # a captured global of 32 MB, new each time
-        assert session.map(lambda i: grid[i], [0, 3_999_999]) == [value, value]
+        assert session.map(lambda i: grid[i], [0, 3_999_999]) == [value, value]  # noqa: B023
 
     del copies
     assert shared_files(os.getpid()) == (set(), set())
@@ -232,7 +242,9 @@ def test_big_arrays_go_through_shared_memory_copy_on_write_and_nothing_stays_beh
         assert len(opened | mapped) <= 1  # the newest big function, kept for a repeat call
 
 
-@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="shared files are anonymous (memfd) on Linux only")
+@pytest.mark.skipif(
+    not hasattr(os, "memfd_create"), reason="shared files are anonymous (memfd) on Linux only"
+)
 def test_a_worker_gives_back_the_pages_of_a_captured_array_after_each_task(session):
     """Reading all of a 64 MB captured array over a call leaves no worker holding it: a worker's
     memory is what one task touches."""
@@ -243,7 +255,9 @@ def test_a_worker_gives_back_the_pages_of_a_captured_array_after_each_task(sessi
     before = {w.pid: w.memory_rss for w in session.status().workers}
     grid = numpy.ones(8_000_000)  # 64 MB; each task reads an eighth
 
-    sums = session.map(lambda i: grid[i * 1_000_000:(i + 1) * 1_000_000].sum(), range(8), chunksize=1)
+    sums = session.map(
+        lambda i: grid[i * 1_000_000 : (i + 1) * 1_000_000].sum(), range(8), chunksize=1
+    )
     assert sums == [1_000_000.0] * 8
     grown = {w.pid: w.memory_rss - before[w.pid] for w in session.status().workers}
     assert all(growth < 16 * 2**20 for growth in grown.values()), grown  # without it: 32 MB or more
@@ -304,25 +318,39 @@ def counting_shared_files(monkeypatch) -> list[int]:
     return created
 
 
-@pytest.mark.skipif(not crossmemory.allow_children_to_read(), reason="workers cannot read this process's memory here")
-def test_big_items_are_copied_by_their_worker_straight_from_the_notebooks_memory(session, monkeypatch):
+@pytest.mark.skipif(
+    not crossmemory.allow_children_to_read(),
+    reason="workers cannot read this process's memory here",
+)
+def test_big_items_are_copied_by_their_worker_straight_from_the_notebooks_memory(
+    session, monkeypatch
+):
     """Large items are neither copied here nor put in shared memory: the worker that runs them
     copies them out of this process, and frees them when its task ends."""
     numpy = pytest.importorskip("numpy")
     session.configure(workers=2)
-    session.map(lambda n: numpy.ones(n).sum(), [1, 2], chunksize=1)  # NumPy imported in both workers
+    session.map(
+        lambda n: numpy.ones(n).sum(), [1, 2], chunksize=1
+    )  # NumPy imported in both workers
     before = {w.pid: w.memory_rss for w in session.status().workers}
     created = counting_shared_files(monkeypatch)
     blocks = [numpy.full(3_000_000, float(n)) for n in range(6)]  # 24 MB each
 
-    assert session.map(lambda b: b.sum(), blocks, chunksize=1) == [n * 3_000_000.0 for n in range(6)]
+    assert session.map(lambda b: b.sum(), blocks, chunksize=1) == [
+        n * 3_000_000.0 for n in range(6)
+    ]
     assert created == []
     grown = {w.pid: w.memory_rss - before[w.pid] for w in session.status().workers}
     assert all(growth < 12 * 2**20 for growth in grown.values()), grown  # an item kept: 24 MB
 
 
-@pytest.mark.skipif(not crossmemory.allow_children_to_read(), reason="workers cannot read this process's memory here")
-def test_a_worker_refused_reading_the_notebooks_memory_gets_big_items_through_shared_memory(session, monkeypatch):
+@pytest.mark.skipif(
+    not crossmemory.allow_children_to_read(),
+    reason="workers cannot read this process's memory here",
+)
+def test_a_worker_refused_reading_the_notebooks_memory_gets_big_items_through_shared_memory(
+    session, monkeypatch
+):
     """Where the kernel forbids a worker to read the notebook's memory (an AppArmor rule, say),
     the pool shares the items instead, for this call and the next: slower, never broken."""
     numpy = pytest.importorskip("numpy")
@@ -336,7 +364,9 @@ def test_a_worker_refused_reading_the_notebooks_memory_gets_big_items_through_sh
     created = counting_shared_files(monkeypatch)
     blocks = [numpy.full(2_000_000, float(n)) for n in range(4)]  # 16 MB each
 
-    assert session.map(lambda b: b.sum(), blocks, chunksize=1) == [n * 2_000_000.0 for n in range(4)]
+    assert session.map(lambda b: b.sum(), blocks, chunksize=1) == [
+        n * 2_000_000.0 for n in range(4)
+    ]
     assert len(created) == 4
     assert session.map(lambda b: b[-1], blocks, chunksize=1) == [0.0, 1.0, 2.0, 3.0]
     assert len(created) == 8
@@ -345,6 +375,7 @@ def test_a_worker_refused_reading_the_notebooks_memory_gets_big_items_through_sh
 @pytest.fixture
 def yama_scope(tmp_path, monkeypatch):
     """Sets the Yama ptrace_scope that crossmemory reads (the real one needs root to change)."""
+
     def set_scope(scope: str) -> None:
         path = tmp_path / "ptrace_scope"
         path.write_text(scope + "\n")
@@ -355,7 +386,10 @@ def yama_scope(tmp_path, monkeypatch):
     crossmemory.allow_children_to_read.cache_clear()  # the next caller reads the real scope again
 
 
-@pytest.mark.skipif(not crossmemory.allow_children_to_read(), reason="workers cannot read this process's memory here")
+@pytest.mark.skipif(
+    not crossmemory.allow_children_to_read(),
+    reason="workers cannot read this process's memory here",
+)
 @pytest.mark.parametrize("scope", ["0", "1", "2", "3"])
 def test_workers_read_the_notebooks_memory_only_where_yama_lets_them(yama_scope, scope):
     """Scope 0: they may. Scope 1 (Ubuntu): once the pool has named itself the process whose
@@ -370,7 +404,9 @@ def test_workers_read_the_notebooks_memory_only_where_yama_lets_them(yama_scope,
 def test_reading_the_memory_of_a_process_that_is_gone_says_which_process():
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    with pytest.raises(OSError, match=f"cannot read the memory of process {gone.pid}: No such process"):
+    with pytest.raises(
+        OSError, match=f"cannot read the memory of process {gone.pid}: No such process"
+    ):
         crossmemory.read(gone.pid, 4096, 16)
 
 
@@ -390,7 +426,9 @@ def test_a_big_array_goes_through_the_socket_when_shared_memory_is_refused(sessi
     def refused() -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(crossmemory, "allow_children_to_read", lambda: False)  # items shared, not lent
+    monkeypatch.setattr(
+        crossmemory, "allow_children_to_read", lambda: False
+    )  # items shared, not lent
     monkeypatch.setattr(transport, "_anonymous_file", refused)
     block = numpy.arange(2_000_000, dtype=numpy.float64)  # 16 MB: above the sharing threshold
     assert session.map(lambda b: float(b[-1]), [block]) == [1_999_999.0]

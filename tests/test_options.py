@@ -33,11 +33,15 @@ def test_workers_given_explicitly_win_over_the_variable(monkeypatch):
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two", "2.5", "+3", "1e3", "٣"])
-def test_a_bad_value_raises_option_error_naming_the_variable_and_what_it_must_be(monkeypatch, value):
+def test_a_bad_value_raises_option_error_naming_the_variable_and_what_it_must_be(
+    monkeypatch, value
+):
     monkeypatch.setenv(WORKERS_VARIABLE, value)
-    expected = re.escape(f"NBPARALLEL_WORKERS={value!r} is not valid: it must be a positive whole number")
+    expected = re.escape(
+        f"NBPARALLEL_WORKERS={value!r} is not valid: it must be a positive whole number"
+    )
     with pytest.raises(OptionError, match=expected) as info:
-        Options().worker_count
+        _ = Options().worker_count
     assert isinstance(info.value, ValueError)
 
 

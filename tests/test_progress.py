@@ -91,7 +91,9 @@ def test_a_map_shows_one_widget_that_ends_green_with_its_numbers(nb):
     bar = bar_of(nb, reply)
     assert bar.name == "square"
     assert (bar.bar["value"], bar.bar["max"], bar.bar["bar_style"]) == (20.0, 20.0, "success")
-    assert bar.text.startswith("20/20 items · ") and "elapsed" in bar.text and "error" not in bar.text
+    assert (
+        bar.text.startswith("20/20 items · ") and "elapsed" in bar.text and "error" not in bar.text
+    )
     # What nbval compares: the text form at display time, the same on every run.
     assert reply.results == ["square: 0/20 items · 00:00 elapsed"]
 
@@ -169,7 +171,9 @@ def test_200000_tiny_items_send_a_bounded_number_of_widget_updates(nb):
 
 def test_interrupt_leaves_the_bar_in_its_stopped_state(nb, nb_workers, marker):
     known = set(nb.widgets)
-    msg_id = nb.send(f"parallel.map(lambda x: halfway_then_wait(x, {str(marker)!r}), range(6), chunksize=1)")
+    msg_id = nb.send(
+        f"parallel.map(lambda x: halfway_then_wait(x, {str(marker)!r}), range(6), chunksize=1)"
+    )
 
     def started() -> str | None:
         """The new progress widget, once every worker is half-way through an item."""
@@ -190,8 +194,13 @@ def test_interrupt_leaves_the_bar_in_its_stopped_state(nb, nb_workers, marker):
 
 
 def test_map_async_returns_at_once_keeps_updating_and_gives_its_results(nb, marker):
-    reply = nb.ok(f"handle = parallel.map_async(lambda x: halfway_then_wait(x, {str(marker)!r}), range(4))\nhandle")
-    assert reply.results == ["<lambda>: 0/4 items · 00:00 elapsed", "<map_async of <lambda>: running>"]
+    reply = nb.ok(
+        f"handle = parallel.map_async(lambda x: halfway_then_wait(x, {str(marker)!r}), range(4))\nhandle"
+    )
+    assert reply.results == [
+        "<lambda>: 0/4 items · 00:00 elapsed",
+        "<map_async of <lambda>: running>",
+    ]
     bar = bar_of(nb, reply)
     # Other cells run meanwhile.
     assert nb.value("[handle.done(), 6 * 7]") == [False, 42]
@@ -206,8 +215,10 @@ def test_map_async_returns_at_once_keeps_updating_and_gives_its_results(nb, mark
 def test_map_async_cancel_stops_the_work_and_the_pool_goes_on(nb, nb_workers, marker):
     nb.ok("parallel.map(abs, range(4), progress=False)")
     busy_before = set(nb.value("[w.pid for w in parallel.status().workers]"))
-    reply = nb.ok(f"handle = parallel.map_async(lambda x: halfway_then_wait(x, {str(marker)!r}), "
-                  f"range({2 * nb_workers}), chunksize=1)")
+    reply = nb.ok(
+        f"handle = parallel.map_async(lambda x: halfway_then_wait(x, {str(marker)!r}), "
+        f"range({2 * nb_workers}), chunksize=1)"
+    )
     bar = bar_of(nb, reply)
     nb.read_until(lambda: bar.bar["value"] >= nb_workers / 2)  # every worker is inside an item
     assert nb.value("handle.cancel()") is True
@@ -229,7 +240,9 @@ def test_worker_row_shows_each_worker_and_one_that_died(nb, nb_workers, marker):
     )
     bar = bar_of(nb, reply)
     assert bar.workers is not None
-    nb.read_until(lambda: all(f"{pid} busy" in bar.workers["value"] for pid in pids))  # one item each
+    nb.read_until(
+        lambda: all(f"{pid} busy" in bar.workers["value"] for pid in pids)
+    )  # one item each
     os.kill(pids[0], signal.SIGKILL)
     marker.touch()
     nb.read_until(lambda: bar.bar["bar_style"] == "success")
@@ -268,14 +281,19 @@ def test_progress_outside_a_task_does_nothing_and_checks_its_arguments():
 def test_text_bar_in_a_script_counts_errors_and_says_how_it_ended(tmp_path):
     from .conftest import run_script
 
-    done = run_script("""
+    done = run_script(
+        """
         from nbparallel import parallel
         parallel.map(lambda x: 1 / (x % 3), range(9), errors="skip")
         try:
             parallel.map(lambda x: 1 / 0, range(4))
         except ZeroDivisionError:
             print("raised")
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "raised" in done.stdout
-    assert "<lambda> (failed):" in done.stderr and "9/9" in done.stderr and "3 errors" in done.stderr
+    assert (
+        "<lambda> (failed):" in done.stderr and "9/9" in done.stderr and "3 errors" in done.stderr
+    )

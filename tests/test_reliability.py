@@ -10,12 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import psutil
 import pytest
-
-from concurrent.futures import CancelledError
 
 from nbparallel import (
     NbParallelError,
@@ -30,7 +29,6 @@ from nbparallel import (
 from nbparallel.backends import launcher
 
 from .conftest import every_worker_ready, run_script, wait_until
-
 
 pytestmark = pytest.mark.usefixtures("quiet_progress")
 
@@ -72,7 +70,9 @@ def test_a_dead_worker_fails_the_call_at_once_naming_pid_cause_and_item(func, ho
 
     def notes_when_it_dies(x):
         if x == 8:
-            died_at.write_text(repr(time.monotonic()))  # CLOCK_MONOTONIC: one clock for all processes
+            died_at.write_text(
+                repr(time.monotonic())
+            )  # CLOCK_MONOTONIC: one clock for all processes
         return func(x)
 
     with pytest.raises(WorkerDiedError, match=rf"worker pid \d+ {how}") as info:
@@ -140,17 +140,35 @@ BOUNDARIES = [
     ("argument", ("dump", "exit"), UnsendableError, r"cannot send item 1 .*SystemExit"),
     ("argument", ("load", "raise"), ValueError, r"hostile object"),
     ("argument", ("load", "exit"), TaskExitError, r"SystemExit: 5"),
-    ("argument", ("load", "crash"), WorkerDiedError, r"exited with code 9 before it started an item"),
-    ("result", ("dump", "raise"), ResultError, r"item 1 .*result cannot be sent back.*hostile object"),
+    (
+        "argument",
+        ("load", "crash"),
+        WorkerDiedError,
+        r"exited with code 9 before it started an item",
+    ),
+    (
+        "result",
+        ("dump", "raise"),
+        ResultError,
+        r"item 1 .*result cannot be sent back.*hostile object",
+    ),
     ("result", ("dump", "exit"), ResultError, r"item 1 .*result cannot be sent back.*SystemExit"),
     ("result", ("dump", "crash"), WorkerDiedError, r"exited with code 9"),
-    ("result", ("load", "raise"), ResultError, r"could not be rebuilt here: ValueError: hostile object"),
+    (
+        "result",
+        ("load", "raise"),
+        ResultError,
+        r"could not be rebuilt here: ValueError: hostile object",
+    ),
     ("result", ("load", "exit"), ResultError, r"could not be rebuilt here: SystemExit: 5"),
 ]
 
 
-@pytest.mark.parametrize("role, phase_behaviour, expected, message", BOUNDARIES,
-                         ids=[f"{r}-{p}-{b}" for r, (p, b), _, _ in BOUNDARIES])
+@pytest.mark.parametrize(
+    "role, phase_behaviour, expected, message",
+    BOUNDARIES,
+    ids=[f"{r}-{p}-{b}" for r, (p, b), _, _ in BOUNDARIES],
+)
 def test_hostile_objects_at_every_boundary_give_a_clear_error_and_a_usable_pool(
     role, phase_behaviour, expected, message, tmp_path
 ):
@@ -210,13 +228,26 @@ def fails_on_odd(x):
 def test_errors_return_puts_the_exception_in_the_items_place():
     results = parallel.map(fails_on_odd, range(6), chunksize=4, errors="return")
     assert results[0::2] == [0, 2, 4]
-    assert all(isinstance(r, ArithmeticError) and str(r) == f"odd {i}" for i, r in zip((1, 3, 5), results[1::2]))
+    assert all(
+        isinstance(r, ArithmeticError) and str(r) == f"odd {i}"
+        for i, r in zip((1, 3, 5), results[1::2], strict=True)
+    )
     assert "fails_on_odd" in results[1].__cause__.text
 
 
 def test_errors_skip_leaves_failing_items_out():
     assert parallel.map(fails_on_odd, range(10), chunksize=3, errors="skip") == [0, 2, 4, 6, 8]
-    assert parallel.map(exit_hard, range(10), chunksize=4, errors="skip") == [0, 1, 2, 3, 4, 5, 6, 7, 9]
+    assert parallel.map(exit_hard, range(10), chunksize=4, errors="skip") == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        9,
+    ]
 
 
 def test_results_before_a_failure_are_kept():
@@ -319,9 +350,12 @@ def test_a_thousand_calls_leave_fds_threads_and_processes_as_they_were():
 
 def test_the_worker_record_lists_every_sessions_workers_until_each_shuts_down(session):
     """The record on disk, which the sweep reads after a crash, covers every pool of this process."""
+
     def recorded() -> set[int]:
         records = list(lifecycle.state_dir().glob(f"{os.getpid()}-*.json"))
-        return {pid for pid, _ in json.loads(records[0].read_text())["workers"]} if records else set()
+        return (
+            {pid for pid, _ in json.loads(records[0].read_text())["workers"]} if records else set()
+        )
 
     def pids(owner) -> set[int]:
         return {w.pid for w in owner.status().workers}
@@ -351,7 +385,9 @@ def test_interpreter_exit_with_work_in_flight_is_quick_and_clean(tmp_path):
         tmp_path,
         timeout=30,
     )
-    exited_at = time.monotonic()  # run_script returns once every holder of the script's stdout is gone
+    exited_at = (
+        time.monotonic()
+    )  # run_script returns once every holder of the script's stdout is gone
     assert result.returncode == 0, result.stderr
     pids_line, last_line_at = result.stdout.splitlines()
     assert exited_at - float(last_line_at) < 5
@@ -363,7 +399,9 @@ def test_interpreter_exit_with_work_in_flight_is_quick_and_clean(tmp_path):
 
 # --- the worker dies with its pool's process ------------------------------------------------
 
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's"
+)
 
 
 def parent_death_signal(_):
@@ -373,16 +411,23 @@ def parent_death_signal(_):
 
 
 @linux_only
-@pytest.mark.parametrize("asked, expected", [(True, signal.SIGKILL), (False, 0)], ids=["linux", "forced-off"])
-def test_workers_ask_to_be_killed_with_the_pool_and_still_work_without(session, monkeypatch, asked, expected):
+@pytest.mark.parametrize(
+    "asked, expected", [(True, signal.SIGKILL), (False, 0)], ids=["linux", "forced-off"]
+)
+def test_workers_ask_to_be_killed_with_the_pool_and_still_work_without(
+    session, monkeypatch, asked, expected
+):
     """Forced off, as on systems without the signal, a worker starts and works all the same."""
     monkeypatch.setattr(launcher, "PARENT_DEATH_SIGNAL", asked)
     assert session.map(parent_death_signal, range(4)) == [expected] * 4
 
 
 @linux_only
-@pytest.mark.parametrize("parent, survives", [("os.getppid()", True), ("os.getppid() + 1", False)],
-                         ids=["parent-alive", "parent-gone-before-asking"])
+@pytest.mark.parametrize(
+    "parent, survives",
+    [("os.getppid()", True), ("os.getppid() + 1", False)],
+    ids=["parent-alive", "parent-gone-before-asking"],
+)
 def test_a_worker_whose_parent_died_before_it_asked_exits_at_once(tmp_path, parent, survives):
     """No signal would come: the parent it was told of is not its parent any more."""
     result = run_script(
@@ -418,9 +463,18 @@ def test_a_worker_that_never_says_it_is_ready_is_stopped_with_an_error_saying_so
         "except WorkerDiedError as error:\n"
         "    print('refused:', error)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(Path(__file__).parent.parent)])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hooks), str(Path(__file__).parent.parent)]),
+    }
     out = tmp_path / "out.txt"
     with out.open("w") as stdout:
-        subprocess.run([sys.executable, str(script)], stdout=stdout, stderr=subprocess.STDOUT,
-                       timeout=60, env=env, check=False)
+        subprocess.run(
+            [sys.executable, str(script)],
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+            env=env,
+            check=False,
+        )
     assert "did not say it was ready within 1 s" in out.read_text(), out.read_text()

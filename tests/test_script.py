@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-
 from .conftest import run_script
 
 
@@ -150,7 +149,14 @@ def test_interpreter_exit_leaves_no_worker_behind(tmp_path):
     from .conftest import wait_until
 
     assert out
-    wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in out))
+    wait_until(
+        lambda: (
+            not any(
+                psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                for pid in out
+            )
+        )
+    )
 
 
 def test_submodules_the_function_reaches_through_a_package_are_imported_in_workers(tmp_path):

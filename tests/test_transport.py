@@ -39,7 +39,9 @@ def receiver(pair):
     executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="test-receiver")
 
     def receive(conn: Connection, count: int = 1, map_shared: bool = True):
-        return executor.submit(lambda: [transport.receive_message(conn, map_shared) for _ in range(count)])
+        return executor.submit(
+            lambda: [transport.receive_message(conn, map_shared) for _ in range(count)]
+        )
 
     yield receive
     executor.shutdown(wait=False, cancel_futures=True)
@@ -52,8 +54,15 @@ def pattern(size: int, seed: int = 7) -> bytearray:
 
 
 def run_task(frames: list) -> tasks.RunTask:
-    return tasks.RunTask(task_id=3, call_id=2, digest=b"d" * 16, mode="map", keep_going=False,
-                         frames=frames, function_frames=0)
+    return tasks.RunTask(
+        task_id=3,
+        call_id=2,
+        digest=b"d" * 16,
+        mode="map",
+        keep_going=False,
+        frames=frames,
+        function_frames=0,
+    )
 
 
 def open_fd_count() -> int:
@@ -114,7 +123,9 @@ def test_a_big_frame_goes_as_a_shared_file_and_arrives_intact(pair, receiver, ma
     assert transport.frame_bytes(frames) == len(small) + BIG
 
     received = receiver(worker_end, map_shared=map_shared)
-    transport.send_message(pool_end, tasks.TaskDone(task_id=9, results=None, seconds=0.5, frames=frames))
+    transport.send_message(
+        pool_end, tasks.TaskDone(task_id=9, results=None, seconds=0.5, frames=frames)
+    )
     (message,) = received.result(timeout=10)
     got_small, got_big = message.frames
     assert bytes(got_small) == small and bytes(got_big) == bytes(big)
@@ -137,8 +148,13 @@ def test_messages_keep_their_order_and_boundaries_whatever_their_frames(pair, re
         run_task([pattern(70_000, seed=2)]),
         run_task(transport.share_large([pattern(BIG, seed=3)])),
     ]
-    expected = [[b"first"], [bytes(pattern(BIG, seed=1)), b"between"], None,
-                [bytes(pattern(70_000, seed=2))], [bytes(pattern(BIG, seed=3))]]
+    expected = [
+        [b"first"],
+        [bytes(pattern(BIG, seed=1)), b"between"],
+        None,
+        [bytes(pattern(70_000, seed=2))],
+        [bytes(pattern(BIG, seed=3))],
+    ]
     received = receiver(worker_end, count=len(sent))
     for message in sent:
         transport.send_message(pool_end, message)
@@ -167,6 +183,7 @@ def test_a_big_frame_goes_through_the_socket_when_no_shared_file_can_be_made(
     pair, receiver, monkeypatch
 ):
     """No room for a shared file (say /dev/shm is full) slows a message down, never breaks it."""
+
     def refused() -> int:
         raise OSError(28, "No space left on device")
 
@@ -206,6 +223,7 @@ def test_a_lent_frame_the_receiver_cannot_read_arrives_as_unreadable_and_can_be_
 ):
     """Where the kernel refuses the copy, the receiver gets an Unreadable saying why, and the
     sender's share_instead puts the same bytes in a shared file for the next attempt."""
+
     def refuse(pid: int, address: int, size: int):
         raise PermissionError(1, "Operation not permitted")
 
