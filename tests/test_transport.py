@@ -17,7 +17,7 @@ from nbparallel import crossmemory, tasks, transport
 
 BIG = transport.SHARE_ABOVE + 4097  # above the threshold, and not a whole number of pages
 needs_lending = pytest.mark.skipif(
-    not crossmemory.children_can_read(), reason="process_vm_readv cannot read memory here"
+    not crossmemory.allow_children_to_read(), reason="process_vm_readv cannot read memory here"
 )
 
 
