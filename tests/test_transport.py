@@ -13,7 +13,7 @@ import socket
 import pytest
 from multiprocess.connection import Connection
 
-from nbparallel import crossmemory, tasks, transport
+from nbparallel import crossmemory, messages, transport
 
 BIG = transport.SHARE_ABOVE + 4097  # above the threshold, and not a whole number of pages
 needs_lending = pytest.mark.skipif(
@@ -53,12 +53,12 @@ def pattern(size: int, seed: int = 7) -> bytearray:
     return bytearray((block * (size // len(block) + 1))[:size])
 
 
-def run_task(frames: list) -> tasks.RunTask:
-    return tasks.RunTask(
+def run_task(frames: list) -> messages.RunTask:
+    return messages.RunTask(
         task_id=3,
         call_id=2,
         digest=b"d" * 16,
-        mode="map",
+        kind="map",
         keep_going=False,
         frames=frames,
         function_frames=0,
@@ -85,8 +85,8 @@ def counting_shared_files(monkeypatch) -> list[int]:
 def test_a_message_without_frames_arrives_equal(pair, receiver):
     pool_end, worker_end = pair
     received = receiver(worker_end)
-    transport.send_message(pool_end, tasks.CancelCall(call_id=42))
-    assert received.result(timeout=10) == [tasks.CancelCall(call_id=42)]
+    transport.send_message(pool_end, messages.CancelCall(call_id=42))
+    assert received.result(timeout=10) == [messages.CancelCall(call_id=42)]
 
 
 def test_small_frames_go_through_the_socket_and_arrive_as_writable_copies(pair, receiver):
@@ -95,7 +95,7 @@ def test_small_frames_go_through_the_socket_and_arrive_as_writable_copies(pair, 
     received = receiver(worker_end)
     transport.send_message(pool_end, run_task(frames))
     (message,) = received.result(timeout=10)
-    assert isinstance(message, tasks.RunTask) and (message.task_id, message.call_id) == (3, 2)
+    assert isinstance(message, messages.RunTask) and (message.task_id, message.call_id) == (3, 2)
     assert [bytes(f) for f in message.frames] == [bytes(f) for f in frames]
     assert all(isinstance(f, bytearray) for f in message.frames)  # writable, not views of a buffer
 
@@ -124,7 +124,7 @@ def test_a_big_frame_goes_as_a_shared_file_and_arrives_intact(pair, receiver, ma
 
     received = receiver(worker_end, map_shared=map_shared)
     transport.send_message(
-        pool_end, tasks.TaskDone(task_id=9, results=None, seconds=0.5, frames=frames)
+        pool_end, messages.TaskDone(task_id=9, results=None, seconds=0.5, frames=frames)
     )
     (message,) = received.result(timeout=10)
     got_small, got_big = message.frames
@@ -144,7 +144,7 @@ def test_messages_keep_their_order_and_boundaries_whatever_their_frames(pair, re
     sent = [
         run_task([b"first"]),
         run_task(transport.share_large([pattern(BIG, seed=1), b"between"])),
-        tasks.CancelCall(call_id=5),
+        messages.CancelCall(call_id=5),
         run_task([pattern(70_000, seed=2)]),
         run_task(transport.share_large([pattern(BIG, seed=3)])),
     ]
