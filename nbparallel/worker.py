@@ -13,7 +13,6 @@ to be killed when the pool's process dies (`die_with_parent`), so it does not ou
 from __future__ import annotations
 
 import collections
-import ctypes
 import mmap
 import os
 import pickle
@@ -26,9 +25,9 @@ from typing import Any
 from multiprocess.connection import Connection
 
 from . import execution, messages, serialize, slots, transport
+from .backends.launcher import die_with_parent
 
 _CANCELLED_REMEMBERED = 64
-_PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 
 
 class _Sender:
@@ -96,21 +95,6 @@ def _read_forever(
         pass
     # The pool is gone: nobody wants our results. Exit now, even in the middle of a task.
     os._exit(0)
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent, `parent_pid`, dies (0: do not ask).
-
-    Linux sends the signal when the parent *thread* that started this process ends: the pool
-    starts every worker from a thread that lives as long as its process (`backends.launcher`).
-    """
-    if not parent_pid:
-        return
-    # ctypes is imported anyway (crossmemory): this costs microseconds. If prctl fails (a
-    # seccomp filter), the socket lifeline remains.
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent_pid:  # it died before we asked, so no signal will come
-        os._exit(0)
 
 
 def main() -> None:

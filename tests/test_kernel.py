@@ -330,10 +330,19 @@ def test_a_kernel_asked_to_exit_stops_its_pool_and_exits_by_itself(kernel, tmp_p
     assert not list(lifecycle.state_dir().glob(f"{process.pid}-*.json"))
 
 
-@pytest.mark.parametrize("how", ["restart-now", "shutdown", "sigkill"])
-def test_the_local_dask_cluster_is_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how):
+@pytest.mark.parametrize(
+    "how, busy",
+    [
+        ("restart-now", "busy"),
+        ("shutdown", "busy"),
+        ("sigkill", "busy"),
+        ("sigkill", "holding-the-gil"),
+    ],
+)
+def test_the_local_dask_cluster_is_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, busy):
     """Its scheduler and workers are not in the kernel's process group (so that Stop spares
-    them): they go because each holds a pipe only the kernel can keep open."""
+    them): they go because each holds a pipe only the kernel can keep open, and, on Linux, asked
+    to be killed with the kernel (a task holding the GIL keeps the pipe's thread from running)."""
     kernel.ok(START_MARKERS.format(directory=str(tmp_path), fast=0))
     kernel.ok(
         "parallel.configure(backend='dask', workers=2, progress=False)\nparallel.map(abs, [1])"
@@ -342,7 +351,7 @@ def test_the_local_dask_cluster_is_gone_within_2s_when_the_kernel_goes(kernel, t
         lifecycle.identify(p.pid) for p in psutil.Process(kernel.pid).children(recursive=True)
     } - {None}
     assert len(cluster) == 3  # a scheduler and two workers
-    kernel.send("parallel.map(slow, range(4), chunksize=1)")
+    kernel.send(f"parallel.map(lambda n: slow(n, {busy!r}), range(4), chunksize=1)")
     wait_until(lambda: len(started(tmp_path)) >= 2)  # both workers are busy
     end_kernel(kernel, how)
     wait_until(lambda: not alive(cluster), timeout=2.0)

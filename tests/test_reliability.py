@@ -433,7 +433,7 @@ def test_a_worker_whose_parent_died_before_it_asked_exits_at_once(tmp_path, pare
     result = run_script(
         f"""
         import os
-        from nbparallel.worker import die_with_parent
+        from nbparallel.backends.launcher import die_with_parent
         die_with_parent({parent})
         print("still running")
         """,

@@ -160,7 +160,7 @@ class DaskBackend:
             function = self._scattered.get(digest)
             if function is None:
                 function = self._scattered[digest] = client.scatter(
-                    _as_bytes(call.payload.frames), broadcast=False
+                    _as_bytes(call.payload.frames), broadcast=True
                 )
         message = messages.RunTask(
             chunk.task_id,

@@ -31,7 +31,8 @@ import threading
 import time
 from typing import Any
 
-from .. import errors
+from .. import errors, lifecycle
+from . import launcher
 
 _BOOT = "from nbparallel.backends.dask_cluster import main; main()"
 _LOOPBACK = "127.0.0.1"
@@ -61,15 +62,21 @@ class _Host:
 def _start(role: str, credentials: bytes, *args: str) -> _Host:
     reader, writer = os.pipe()
     try:
-        process = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, role, str(reader), *args],
-            pass_fds=[reader],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-            start_new_session=True,
-            # The kernel's import path: this package, and the user's modules that tasks import.
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)},
+        parent = os.getpid() if launcher.PARENT_DEATH_SIGNAL else 0  # 0: the child does not ask
+        process = launcher.run(
+            lambda: subprocess.Popen(
+                [sys.executable, "-c", _BOOT, role, str(reader), str(parent), *args],
+                pass_fds=[reader],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,
+                start_new_session=True,
+                # The kernel's import path: this package, and the user's modules that tasks import.
+                env={
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join(path for path in sys.path if path),
+                },
+            )
         )
     finally:
         os.close(reader)
@@ -162,11 +169,20 @@ class LocalCluster:
         self._workers.extend(joining)
         while len(self._workers) > workers:
             _stop(self._workers.pop())
+        self._record()
 
     def close(self) -> None:
         for host in [*self._workers, self._scheduler]:
             _stop(host)
         self._workers = []
+        lifecycle.record_workers(self, [])
+
+    def _record(self) -> None:
+        """In the worker record, as the pool's workers are: the sweep finds them if this process
+        dies and they do not (where no parent-death signal exists)."""
+        hosts = [self._scheduler, *self._workers]
+        found = [lifecycle.identify(host.process.pid) for host in hosts]
+        lifecycle.record_workers(self, [process for process in found if process is not None])
 
 
 # --- in the scheduler's or a worker's own process -------------------------------------------
@@ -217,10 +233,13 @@ async def _serve(role: str, args: list[str], credentials: dict[str, str]) -> Non
 
 
 def main() -> None:
-    """Entry point: `python -c ... scheduler|worker <lifeline fd> [scheduler address]`, with the
+    """Entry point: `python -c ... scheduler|worker <lifeline fd> <parent pid or 0> [address]`, with the
     cluster's credentials as one JSON line on stdin."""
+    # A task holding the GIL in C code keeps the lifeline thread from running: on Linux the
+    # kernel's death kills this process anyway.
+    launcher.die_with_parent(int(sys.argv[3]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    role, lifeline, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    role, lifeline, args = sys.argv[1], int(sys.argv[2]), sys.argv[4:]
     threading.Thread(
         target=_exit_with_parent, args=(lifeline,), name="nbparallel-lifeline", daemon=True
     ).start()

@@ -16,6 +16,7 @@ from using vfork.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ PARENT_DEATH_SIGNAL = sys.platform.startswith("linux")
 """Workers ask Linux to kill them when this process dies. Elsewhere (and in the tests of that
 case) the socket lifeline and the sweep of orphans when the next pool starts are what remain."""
 
+_PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 ANSWER_SECONDS = 30.0  # starting a process takes milliseconds; this much means the system is stuck
 
 _Result = TypeVar("_Result")
@@ -91,3 +93,21 @@ def _run_one(job: Callable[[], Any], answer: Future[Any] | None) -> None:
     else:
         if answer is not None:
             answer.set_result(result)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent, `parent_pid`, dies (0: do not ask).
+
+    Run first thing in a child this module started (a pool worker, a dask scheduler or worker).
+    Linux sends the signal when the parent *thread* that started this process ends: hence one
+    thread that lives as long as its process starts them all.
+    """
+    if not parent_pid:
+        return
+    # ctypes is imported anyway (crossmemory): this costs microseconds. If prctl fails (a
+    # seccomp filter), the socket lifeline remains.
+    import ctypes
+
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before we asked, so no signal will come
+        os._exit(0)
