@@ -130,7 +130,15 @@ def formatted(error: BaseException) -> str:
     return "".join(traceback.format_exception(type(error), error, error.__traceback__))
 
 
-@pytest.mark.parametrize("notes_shown", [True, False], ids=["3.11+", "3.10"])
+@pytest.mark.parametrize(
+    "notes_shown",
+    [
+        pytest.param(True, id="3.11+", marks=pytest.mark.skipif(
+            not hasattr(BaseException, "add_note"), reason="exception notes are Python 3.11+"
+        )),
+        pytest.param(False, id="3.10"),
+    ],
+)
 def test_a_rebuilt_exception_shows_its_item_and_worker_where_the_user_looks(monkeypatch, notes_shown):
     """With exception notes (3.11+) or without (3.10, forced here), the printed traceback names
     the failing item and the worker's pid, and `__notes__` holds the note for code that reads it."""
