@@ -28,6 +28,7 @@ TEST_COMMAND = ["-m", "pytest", "--nbval", "--nbval-current-env", "tests", "note
 # The fast subset: every test but the browser's, the notebooks' and the slowest real-kernel tests
 # (each kernel-exit and dask-cluster case starts kernels of its own: they are most of the suite's
 # time and depend on the kernel, not on the Python version). See "Every Python" in the README.
+OLDEST_PYTHON = (3, 10)  # requires-python in pyproject.toml
 FAST_SUBSET = ["-m", "pytest", "tests", "-m", "not browser and not slow"]
 
 
@@ -132,7 +133,9 @@ def main(argv: list[str]) -> int:
     if job == "find-python" and len(argv) == 3:
         found = find_python(argv[2])
         if found is None:
-            print(f"no Python {argv[2]} on this machine (not on PATH, not in pyenv)", file=sys.stderr)
+            print(
+                f"no Python {argv[2]} on this machine (not on PATH, not in pyenv)", file=sys.stderr
+            )
             return 1
         print(found)
         return 0
@@ -145,6 +148,9 @@ def main(argv: list[str]) -> int:
         at = rest.index("--python")
         version = rest[at + 1] if at + 1 < len(rest) else ""
         del rest[at : at + 2]
+        if _version_key(version)[:2] < OLDEST_PYTHON:
+            print(f"Python {version!r} is not supported: nbparallel needs 3.10 or later")
+            return 2
         interpreter = find_python(version)
         if interpreter is None:
             print(f"no Python {version!r} on this machine (not on PATH, not in pyenv)")

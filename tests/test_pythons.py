@@ -142,3 +142,21 @@ def test_the_default_backend_is_threads_exactly_where_the_gil_is_off(monkeypatch
         assert (pids == {os.getpid()}) == (other == "threads")
     finally:
         own.shutdown()
+
+
+def test_dev_finds_an_interpreter_by_version_and_says_none_for_one_the_machine_lacks():
+    """`dev.py find-python X.Y` (what CI uses to skip a missing Python): an interpreter that
+    really is X.Y where there is one, None where there is not."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        import dev
+    finally:
+        sys.path.remove(str(ROOT))
+    assert dev.find_python("2.1") is None
+    found = dev.find_python("%d.%d" % sys.version_info[:2])  # on PATH or in pyenv, if anywhere
+    if found is not None:
+        said = subprocess.run(
+            [found, "-c", "import sys; print(sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=30,
+        ).stdout
+        assert said.strip() == str(sys.version_info[:2])
