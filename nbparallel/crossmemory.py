@@ -54,7 +54,11 @@ def allow_children_to_read() -> bool:
     """Let this process's children read its memory where the system allows it (under Yama scope
     1, this process names itself their ptracer); True if they can be expected to: the system
     call is there and allowed (a seccomp filter may forbid it), and Yama, if present, lets them.
-    A worker that is refused anyway says so, and the pool stops lending (see ProcessPool)."""
+    A worker that is refused anyway says so, and the pool stops lending (see ProcessPool).
+
+    NBPARALLEL_NO_CROSS_MEMORY=1 makes it False: the way macOS and Windows go, tested on Linux."""
+    if os.environ.get("NBPARALLEL_NO_CROSS_MEMORY") == "1":
+        return False
     if _process_vm_readv() is None or not _yama_lets_children_read():
         return False
     probe = Pinned(bytearray(b"can a process read this?"))

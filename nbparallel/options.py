@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 from . import errors
@@ -34,6 +35,18 @@ def default_workers() -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise errors.bad_workers_variable(WORKERS_VARIABLE, value)
     return int(text)
+
+
+def gil_enabled() -> bool:
+    """False only on a free-threaded CPython running with the GIL off (3.13t, 3.14t)."""
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return True if is_enabled is None else bool(is_enabled())
+
+
+def default_backend() -> str:
+    """Threads where the GIL is off (they use every core, and nothing needs serializing),
+    processes otherwise. Decided when the session's options are made; `backend=` overrides it."""
+    return "processes" if gil_enabled() else "threads"
 
 
 POOL_OPTIONS = ("max_tasks_per_worker", "max_worker_memory", "address")
@@ -68,8 +81,9 @@ class Options:
     """Replace a worker after it ran this many tasks (chunks): for libraries that leak."""
     max_worker_memory: int | None = None
     """Replace a worker that grew past this many bytes (checked between tasks)."""
-    backend: str = "processes"
-    """Where tasks run: "processes" (this machine's cores), "threads" (I/O-bound work), "dask"."""
+    backend: str = dataclasses.field(default_factory=default_backend)
+    """Where tasks run: "processes" (this machine's cores), "threads" (I/O-bound work, and every
+    core where the GIL is off: the default there), "dask"."""
     address: Any = None
     """For the dask backend: a scheduler address ("tcp://host:8786") or a distributed.Client;
     None starts a local cluster once and reuses it (it follows the kernel like the pool)."""

@@ -17,14 +17,17 @@ if TYPE_CHECKING:
     from .backends import Backend
 
 _SKIPPED = object()  # stands for an item left out with errors="skip"
+# Exception notes (add_note) are Python 3.11+: 3.10 neither has nor prints them.
+NOTES_SHOWN = hasattr(BaseException, "add_note")
 
 
 def rebuild(
     call: tasks.Call, position: int, failure: messages.Failure, stage: str = "raised"
 ) -> BaseException:
-    """The exception a worker reported, as the user's own type, with the remote traceback as cause."""
+    """The exception a worker reported, as the user's own type, with the remote traceback as
+    cause, and a note naming the item and the worker (in the cause's text on Python 3.10)."""
+    note = ""
     live = isinstance(failure.error, BaseException)  # from a thread: it has its own traceback
-    remote = errors.RemoteTraceback(f'\n"""\n{failure.traceback}"""')
     error = serialize.loads(failure.error) if isinstance(failure.error, bytes) else failure.error
     if stage == "result":
         built: BaseException = errors.unsendable_result(
@@ -38,15 +41,24 @@ def rebuild(
         built = errors.missing_module(call.name, error.name)
     else:
         built = error
-        if hasattr(built, "add_note") and call.kind != "setup":
+        if call.kind != "setup":
             note = (
                 errors.load_note(failure.pid)
                 if stage == "load"
                 else errors.item_note(position, failure.item, failure.pid)
             )
-            built.add_note(note)
-    if not (live and built is error):
-        built.__cause__ = remote
+    if note and NOTES_SHOWN:
+        built.add_note(note)  # type: ignore[attr-defined,unused-ignore]
+        note = ""
+    elif note:  # Python 3.10: kept in __notes__ for code that reads it, but shown by the cause
+        built.__notes__ = [*getattr(built, "__notes__", ()), note]  # type: ignore[attr-defined,unused-ignore]
+    if live and built is error:
+        if note:  # the thread's own traceback stays; the note is put in front of its cause
+            shown = errors.RemoteTraceback(f"\n{note}")
+            shown.__cause__, built.__cause__ = built.__cause__, shown
+        return built
+    note = f"{note}\n" if note else ""
+    built.__cause__ = errors.RemoteTraceback(f'\n"""\n{failure.traceback}{note}"""')
     return built
 
 

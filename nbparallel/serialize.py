@@ -89,7 +89,11 @@ def dumps_frames(obj: object) -> list[Any]:
     buffers: list[pickle.PickleBuffer] = []
     head = io.BytesIO()
     _Pickler(head, protocol=PROTOCOL, buffer_callback=buffers.append).dump(obj)
-    return [head.getbuffer(), *(buffer.raw() for buffer in buffers)]
+    # getvalue(), not getbuffer(): it hands over the BytesIO's own bytes without a copy, and
+    # exports nothing. A view would keep the BytesIO exported for as long as the frames live;
+    # frames kept by a traceback are collected at exit, and the BytesIO's close then fails
+    # ("Exception ignored ... BufferError: Existing exports of data").
+    return [head.getvalue(), *(buffer.raw() for buffer in buffers)]
 
 
 def loads_frames(frames: list[Any]) -> Any:

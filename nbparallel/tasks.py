@@ -10,12 +10,20 @@ import contextvars
 import dataclasses
 import itertools
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .serialize import FunctionPayload
 
-next_id = itertools.count(1).__next__  # ids of calls and tasks, unique in this process
+_ids = itertools.count(1)
+_ids_lock = threading.Lock()  # without the GIL (3.13t), itertools.count is not atomic
+
+
+def next_id() -> int:
+    """An id of a call or a task, unique in this process."""
+    with _ids_lock:
+        return next(_ids)
 
 
 @dataclasses.dataclass(eq=False)

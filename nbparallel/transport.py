@@ -13,6 +13,11 @@ band) follow it, each as a message of its own, received straight into a buffer. 
 
 Nothing can leak: the file has no name, and its memory is freed when the last descriptor and
 mapping are gone; a lent frame is the sender's own memory, held while the sender needs it.
+
+Where the platform lacks a piece, the next way is taken: no `memfd_create` (macOS), a temporary
+file unlinked at once; no descriptor passing (Windows), every frame through the socket. The
+environment switches NBPARALLEL_NO_MEMFD=1 and NBPARALLEL_NO_SHARED_FILES=1 take those ways on
+Linux too, so that the tests prove them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from . import crossmemory
 
 SHARE_ABOVE = 8 * 2**20
 _MAPS_WITHOUT_FD = sys.version_info >= (3, 13)  # mmap(trackfd=False)
+# Read once: a worker inherits the pool's environment, so both sides agree.
+_MEMFD = hasattr(os, "memfd_create") and os.environ.get("NBPARALLEL_NO_MEMFD") != "1"
+SHARES_FILES = hasattr(socket, "send_fds") and os.environ.get("NBPARALLEL_NO_SHARED_FILES") != "1"
 
 
 class SharedFrame:
@@ -91,6 +99,8 @@ def _large(frame: Any) -> bool:
 def share_large(frames: list[Any]) -> list[Any]:
     """`frames`, with those above SHARE_ABOVE bytes moved into shared files (where they can be:
     one that cannot, say with no room for it in shared memory, goes through the socket)."""
+    if not SHARES_FILES:
+        return frames
     return [_shared(f) if _large(f) else f for f in frames]
 
 
@@ -162,7 +172,7 @@ def release_pages(frames: list[Any]) -> None:
 
 
 def _anonymous_file() -> int:
-    if hasattr(os, "memfd_create"):
+    if _MEMFD:
         return os.memfd_create("nbparallel-frame", os.MFD_CLOEXEC)
     with tempfile.TemporaryFile() as file:  # unlinked at once where it cannot be anonymous
         return os.dup(file.fileno())
@@ -188,7 +198,15 @@ def _receive_shared(conn: Any, size: int, map_it: bool) -> Any:
         view = memoryview(frame)
         read = 0
         while read < size:
-            read += os.preadv(fd, [view[read:]], read)
+            if hasattr(os, "preadv"):
+                got = os.preadv(fd, [view[read:]], read)
+            else:  # macOS before 11
+                data = os.pread(fd, min(size - read, 2**30), read)
+                got = len(data)
+                view[read : read + got] = data
+            if got <= 0:
+                raise OSError(f"a shared frame ended after {read} of {size} bytes")
+            read += got
         return frame
     finally:
         os.close(fd)

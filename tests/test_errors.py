@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sqlite3
 import sys
 import threading
+import traceback
 import types
 
 import pytest
@@ -38,6 +40,17 @@ def test_exception_keeps_its_type_with_remote_traceback_and_item():
     assert "fails_on_seven" in cause.text and 'raise KeyError(f"no such key: {x}")' in cause.text
     assert any("item 7: 7" in note for note in getattr(info.value, "__notes__", []))
     assert parallel.map(fails_on_seven, range(5)) == list(range(5))  # the pool is still usable
+
+
+@pytest.mark.parametrize("backend", ["processes", "threads"])
+def test_the_printed_traceback_names_the_failing_item_and_worker_on_every_python(backend):
+    """What the user sees printed (exception notes on 3.11+, the cause's text on 3.10, which has
+    no notes) names the item and the worker's pid."""
+    with pytest.raises(KeyError) as info:
+        parallel.map(fails_on_seven, range(20), backend=backend)
+    shown = "".join(traceback.format_exception(info.type, info.value, info.tb))
+    assert re.search(r"raised in worker pid \d+ on item 7: 7", shown)
+    assert 'raise KeyError(f"no such key: {x}")' in shown
 
 
 def test_error_cancels_the_rest_of_the_call(tmp_path):

@@ -256,6 +256,7 @@ def end_kernel(kernel, how: str) -> None:
         os.kill(kernel.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["restart-now", "restart-graceful", "shutdown", "sigkill"])
 @pytest.mark.parametrize("busy", ["idle", "busy", "printing", "holding-the-gil"])
 def test_workers_are_gone_within_2s_when_the_kernel_goes(kernel, tmp_path, how, busy):
@@ -288,6 +289,7 @@ STARTERS = {  # the pool starts, so its workers are started, on a thread that th
 }
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sees the thread end in /proc")
 @pytest.mark.parametrize("starter", list(STARTERS))
 def test_workers_live_on_when_the_thread_that_started_them_ends(kernel, starter):
@@ -312,6 +314,7 @@ def test_workers_live_on_when_the_thread_that_started_them_ends(kernel, starter)
     assert alive(workers) == workers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["shutdown", "restart-graceful"])
 def test_a_kernel_asked_to_exit_stops_its_pool_and_exits_by_itself(kernel, tmp_path, how):
     """ipykernel ends the kernel's child processes on its way out. A pool still running would
@@ -330,6 +333,7 @@ def test_a_kernel_asked_to_exit_stops_its_pool_and_exits_by_itself(kernel, tmp_p
     assert not list(lifecycle.state_dir().glob(f"{process.pid}-*.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "how, busy",
     [
@@ -385,6 +389,7 @@ def test_interrupt_stops_the_call_at_once_and_the_next_map_runs(kernel, tmp_path
     assert partial == {"0": 0, "1": 1, "2": 2, "3": 3}
 
 
+@pytest.mark.slow
 def test_interrupt_leaves_the_dask_cluster_nbparallel_started_running(kernel, tmp_path):
     """The Stop button stops the cell's dask call, not the local cluster: the next call runs on it."""
     kernel.ok(START_MARKERS.format(directory=str(tmp_path), fast=0))

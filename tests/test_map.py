@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nbparallel import crossmemory, parallel
+from nbparallel import crossmemory, parallel, transport
 
 from .conftest import wait_until
 
@@ -243,6 +243,9 @@ def test_big_arrays_go_through_shared_memory_copy_on_write_and_nothing_stays_beh
 
 
 @pytest.mark.skipif(
+    not transport.SHARES_FILES, reason="no shared files here (NBPARALLEL_NO_SHARED_FILES=1)"
+)
+@pytest.mark.skipif(
     not hasattr(os, "memfd_create"), reason="shared files are anonymous (memfd) on Linux only"
 )
 def test_a_worker_gives_back_the_pages_of_a_captured_array_after_each_task(session):
@@ -344,6 +347,9 @@ def test_big_items_are_copied_by_their_worker_straight_from_the_notebooks_memory
     assert all(growth < 12 * 2**20 for growth in grown.values()), grown  # an item kept: 24 MB
 
 
+@pytest.mark.skipif(
+    not transport.SHARES_FILES, reason="no shared files here (NBPARALLEL_NO_SHARED_FILES=1)"
+)
 @pytest.mark.skipif(
     not crossmemory.allow_children_to_read(),
     reason="workers cannot read this process's memory here",

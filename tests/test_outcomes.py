@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import traceback
+
 import pytest
 
-from nbparallel import WorkerDiedError, messages, serialize, tasks
+from nbparallel import WorkerDiedError, messages, outcomes, serialize, tasks
 from nbparallel.outcomes import Tracker
 
 
@@ -121,3 +124,62 @@ def test_cancel_closes_the_call_once_and_tells_the_backend():
     track.cancel(stop_running=True)
     track.cancel(stop_running=False)
     assert track.call.closed and backend.cancelled == [True]
+
+
+def formatted(error: BaseException) -> str:
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+@pytest.mark.parametrize(
+    "notes_shown",
+    [
+        pytest.param(
+            True,
+            id="3.11+",
+            marks=pytest.mark.skipif(
+                not hasattr(BaseException, "add_note"), reason="exception notes are Python 3.11+"
+            ),
+        ),
+        pytest.param(False, id="3.10"),
+    ],
+)
+def test_a_rebuilt_exception_shows_its_item_and_worker_where_the_user_looks(
+    monkeypatch, notes_shown
+):
+    """With exception notes (3.11+) or without (3.10, forced here), the printed traceback names
+    the failing item and the worker's pid, and `__notes__` holds the note for code that reads it."""
+    monkeypatch.setattr(outcomes, "NOTES_SHOWN", notes_shown)
+    tracked, _ = tracker()
+    failure = messages.Failure(
+        serialize.dumps(ZeroDivisionError("division by zero")),
+        "ZeroDivisionError: division by zero",
+        'Traceback (most recent call last):\n  File "<cell>", line 2, in f\nZeroDivisionError: division by zero\n',
+        "0",
+        4321,
+    )
+    error = outcomes.rebuild(tracked.call, 5, failure)
+    assert isinstance(error, ZeroDivisionError)
+    shown = formatted(error)
+    assert "worker pid 4321 on item 5: 0" in shown and 'File "<cell>", line 2' in shown
+    assert any("item 5: 0" in note for note in error.__notes__)
+    assert ("item 5" in str(error.__cause__)) is not notes_shown  # 3.10: in the cause's text
+
+
+def test_without_notes_an_exception_from_a_thread_keeps_its_own_cause_after_the_note(monkeypatch):
+    """On 3.10, a thread's exception (not rebuilt: it has its own traceback) gets the note as a
+    cause in front of the cause it had, which still prints."""
+    monkeypatch.setattr(outcomes, "NOTES_SHOWN", False)
+    tracked, _ = tracker()
+    try:
+        try:
+            {}["missing"]
+        except KeyError as original:
+            raise ValueError("bad row") from original
+    except ValueError as raised:
+        live = raised
+    failure = messages.Failure(live, "ValueError: bad row", "", "'row'", os.getpid())
+    error = outcomes.rebuild(tracked.call, 2, failure)
+    assert error is live
+    shown = formatted(error)
+    assert f"worker pid {os.getpid()} on item 2: 'row'" in shown
+    assert "KeyError: 'missing'" in shown and "ValueError: bad row" in shown

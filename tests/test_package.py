@@ -17,6 +17,7 @@ def test_package_ships_py_typed():
     assert (PACKAGE / "py.typed").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_mypy_finds_no_errors_in_the_package():
     result = subprocess.run(

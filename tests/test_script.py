@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from .conftest import run_script
 
 
@@ -211,6 +213,7 @@ def test_a_function_that_uses_parallel_itself_can_be_sent_again_and_again(tmp_pa
     assert "handle.result()" in refused
 
 
+@pytest.mark.slow
 def test_imap_over_large_results_holds_a_fixed_budget_not_hundreds_of_them(tmp_path):
     """600 results of 4 MB consumed one at a time: the caller's memory grows by far less than
     the 2.4 GB they add up to (chunk sizes follow the bytes results take)."""

@@ -24,7 +24,14 @@ from . import WorkerStatus
 
 
 class ThreadPool:
-    """Worker threads fed from one queue; started on first use."""
+    """Worker threads fed from one queue; started on first use.
+
+    Safe without the GIL (free-threaded CPython, where this is the default backend): chunks
+    reach the threads through a SimpleQueue, and the bookkeeping that several threads touch
+    (the threads, what each runs, tasks done, the setup and the functions offered it) is only
+    read or changed under `_lock`. A running chunk's slot is a list one thread writes and others
+    read item by item; list items are read and written atomically with or without the GIL.
+    """
 
     copies_data = False
 
@@ -193,9 +200,11 @@ class ThreadPool:
 
     def _offer_setup(self, func: Any) -> Any:
         """`func` with setup names it lacks, on a copy of its globals (the notebook's stay clean)."""
-        if self._setup.generation == 0 or not isinstance(func, types.FunctionType):
+        if not isinstance(func, types.FunctionType):
             return func
-        with self._lock:
+        with self._lock:  # every read of the setup too: without the GIL nothing else orders them
+            if self._setup.generation == 0:
+                return func
             generation, copy = self._with_setup.get(func, (0, func))
             if generation != self._setup.generation:
                 merged = {**self._setup.names, **func.__globals__}
