@@ -153,7 +153,8 @@ def test_dev_finds_an_interpreter_by_version_and_says_none_for_one_the_machine_l
     finally:
         sys.path.remove(str(ROOT))
     assert dev.find_python("2.1") is None
-    found = dev.find_python("{}.{}".format(*sys.version_info[:2]))  # on PATH or in pyenv, if anywhere
+    # On PATH or in pyenv, if anywhere.
+    found = dev.find_python("{}.{}".format(*sys.version_info[:2]))
     if found is not None:
         said = subprocess.run(
             [found, "-c", "import sys; print(sys.version_info[:2])"],
