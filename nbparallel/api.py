@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from . import backends, calls, serialize
+from . import backends, calls, errors, serialize
 from .background import MapHandle
 from .options import Options
 
@@ -74,7 +74,11 @@ class Parallel:
         """Set session defaults (any option of `Options`); returns the options in force.
 
         Changing `address` replaces the session's dask backend (the next call connects anew).
+        `joblib=True` makes nbparallel joblib's default backend (scikit-learn's n_jobs=-1 then
+        runs here); `joblib=False` gives the default back to loky.
         """
+        if options.get("joblib") is not None:
+            _make_joblib_default(options["joblib"])
         with self._lock:
             previous, self._options = self._options, self._options.merged(session=True, **options)
             retired = (
@@ -265,6 +269,18 @@ class Parallel:
         # belongs to this process, and in a worker the name means the worker's own session
         # (where nested calls run serially).
         return _this_process_session, ()
+
+
+def _make_joblib_default(on: object) -> None:
+    if not isinstance(on, bool):
+        return  # Options says what is wrong with it
+    try:
+        from . import joblib_backend
+    except ImportError:
+        if on:
+            raise errors.joblib_missing() from None
+        return
+    joblib_backend.register(make_default=on)
 
 
 class PoolStatus:

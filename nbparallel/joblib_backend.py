@@ -1,0 +1,218 @@
+"""joblib's tasks on nbparallel's session pool: `joblib.parallel_config(backend="nbparallel")`.
+
+Data flow::
+
+    joblib.Parallel --submit(BatchedCalls)--> NbParallelBackend --parallel.submit(run_batch)--> pool
+        ^                                        |  (at most n_jobs batches running at once)
+        +---- callback(future) <-- done ---------+  progress bar advanced by the batch's size
+
+A batch of joblib tasks is one `parallel.submit` of the module-level `run_batch`, with joblib's
+`BatchedCalls` as its argument: items go through `serialize.dumps` (the C pickler, with notebook
+functions and lambdas inside `delayed(...)` by value with dill), and everything after (warm workers,
+errors as the user's own type, Stop, workers that never outlive the kernel) is the pool's own.
+
+Only imported where joblib is installed (`nbparallel/__init__.py` registers it then).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+import joblib
+from joblib._parallel_backends import (
+    AutoBatchingMixin,
+    FallbackToBackend,
+    ParallelBackendBase,
+    SequentialBackend,
+    ThreadingBackend,
+)
+
+from . import calls, errors
+from .progressbar import Progress
+
+NAME = "nbparallel"
+_ITEM_NOTE = "nbparallel: raised in worker pid"  # errors.item_note's start: says "item 0" here
+
+
+def register(make_default: bool | None = None) -> None:
+    """Register the backend with joblib (harmless twice); `make_default` True or False also
+    makes it joblib's default backend, or gives the default back to loky."""
+    joblib.register_parallel_backend(NAME, NbParallelBackend)
+    if make_default is not None:
+        from joblib import parallel as joblib_parallel
+
+        if make_default:
+            joblib_parallel.DEFAULT_BACKEND = NAME
+        elif joblib_parallel.DEFAULT_BACKEND == NAME:
+            joblib_parallel.DEFAULT_BACKEND = "loky"
+
+
+def run_batch(batch: Any, first: int) -> list[Any]:
+    """In a worker: run joblib's batch of tasks; a failing task's exception names it.
+
+    Nested joblib calls inside a task run sequentially (the batch's nested backend): the pool
+    already has a worker per CPU.
+    """
+    with joblib.parallel_config(backend=batch._backend, n_jobs=batch._n_jobs):
+        results = []
+        for offset, (func, args, kwargs) in enumerate(batch.items):
+            try:
+                results.append(func(*args, **kwargs))
+            except Exception as error:
+                if hasattr(error, "add_note"):
+                    error.add_note(errors.joblib_task_note(os.getpid(), first + offset, func, args))
+                raise
+        return results
+
+
+class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
+    """A joblib backend whose batches run on `nbparallel.parallel`'s pool."""
+
+    supports_retrieve_callback = True  # hence generators and timeout= too (joblib's own checks)
+    supports_inner_max_num_threads = False
+    supports_sharedmem = False
+    uses_threads = False
+    default_n_jobs = 1  # joblib's meaning of n_jobs=None: one task at a time, unless configured
+
+    def __init__(self, nesting_level: int | None = None, **kwargs: Any) -> None:
+        super().__init__(nesting_level=nesting_level, **kwargs)
+        self._lock = threading.Lock()
+        self._limit = 1
+        self._running: set[Future[Any]] = set()
+        self._held: collections.deque[tuple[Any, int, Any, Future[Any]]] = collections.deque()
+        self._progress: Progress | None = None
+        self._failed = 0
+
+    # --- how many workers -------------------------------------------------------------------
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """joblib's n_jobs on the session pool: -1 is every worker, -2 all but one, a positive
+        number at most the pool's size (the pool is never resized for joblib)."""
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None or calls.in_worker():
+            return 1  # in a worker, the pool already uses every CPU
+        size = _session().options.worker_count
+        return max(size + 1 + n_jobs, 1) if n_jobs < 0 else min(n_jobs, size)
+
+    def configure(
+        self,
+        n_jobs: int | None = 1,
+        parallel: Any = None,
+        prefer: str | None = None,
+        require: str | None = None,
+        **backend_kwargs: Any,
+    ) -> int:
+        if prefer == "threads" or require == "sharedmem":
+            raise FallbackToBackend(ThreadingBackend(nesting_level=self.nesting_level))
+        n_jobs = self.effective_n_jobs(n_jobs)
+        if n_jobs == 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self.parallel = parallel
+        self._limit = n_jobs
+        return n_jobs
+
+    def get_nested_backend(self) -> tuple[Any, int | None]:
+        return SequentialBackend(nesting_level=(self.nesting_level or 0) + 1), None
+
+    # --- one joblib call --------------------------------------------------------------------
+
+    def start_call(self) -> None:
+        """A joblib Parallel call starts: its progress bar (the total, if joblib knows it)."""
+        session = _session()
+        with self._lock:
+            self._failed = 0
+            self._progress = Progress(
+                getattr(self.parallel, "n_tasks", None), session.options.progress, "joblib"
+            )
+
+    def stop_call(self) -> None:
+        with self._lock:
+            progress, self._progress = self._progress, None
+        if progress is None:
+            return
+        if not getattr(self.parallel, "_exception", False):
+            progress.close("done")
+        else:
+            progress.close("failed" if self._failed else "stopped")
+
+    def submit(self, func: Any, callback: Any = None) -> Future[Any]:
+        """Run a batch (joblib's `BatchedCalls`) on the pool; `callback(future)` when it ends."""
+        # joblib counts a batch as dispatched just before submitting it: where its tasks start.
+        first = max(getattr(self.parallel, "n_dispatched_tasks", len(func)) - len(func), 0)
+        with self._lock:
+            if len(self._running) >= self._limit:
+                held: Future[Any] = Future()
+                self._held.append((func, first, callback, held))
+                return held
+        return self._start(func, first, callback)
+
+    def _start(self, batch: Any, first: int, callback: Any) -> Future[Any]:
+        future = _session().submit(run_batch, batch, first)
+        with self._lock:
+            self._running.add(future)
+        future.add_done_callback(lambda done: self._finished(done, len(batch), callback))
+        return future
+
+    def _finished(self, future: Future[Any], size: int, callback: Any) -> None:
+        """A batch ended (on the pool's thread): count it, start a held one, tell joblib."""
+        failed = not future.cancelled() and future.exception() is not None
+        with self._lock:
+            self._running.discard(future)
+            self._failed += failed
+            next_batch = self._held.popleft() if self._held else None
+            if self._progress is not None:
+                self._progress.advance(size, 1 if failed else 0)
+                if (
+                    self._progress.total is None
+                    and getattr(self.parallel, "_original_iterator", True) is None
+                ):
+                    self._progress.total = self.parallel.n_dispatched_tasks  # input read to its end
+        if next_batch is not None and not future.cancelled():
+            batch, first, held_callback, _ = next_batch
+            try:
+                self._start(batch, first, held_callback)
+            except BaseException as error:  # an unsendable item: joblib hears it as the outcome
+                failed_future: Future[Any] = Future()
+                failed_future.set_exception(error)
+                held_callback(failed_future)
+        if callback is not None:
+            callback(future)
+
+    def retrieve_result_callback(self, future: Future[Any]) -> list[Any]:
+        """The batch's results, or the task's own exception (named by its joblib task index)."""
+        try:
+            return future.result()
+        except Exception as error:
+            notes = getattr(error, "__notes__", None)
+            if notes and any(errors.JOBLIB_TASK in note for note in notes):
+                # The pool's own note says "item 0" (the batch); the worker's names the task.
+                kept = [n for n in notes if not n.startswith(_ITEM_NOTE) or errors.JOBLIB_TASK in n]
+                setattr(error, "__notes__", kept)  # noqa: B010 (mypy's 3.10 target has no notes)
+            raise
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """After a failure, an interrupt or a timeout: drop held batches and stop running ones
+        (their workers are replaced; the pool stays usable whatever `ensure_ready` says)."""
+        with self._lock:
+            self._held.clear()
+            running = list(self._running)
+        for future in running:
+            future.cancel()
+
+    def terminate(self) -> None:
+        self.abort_everything()
+        self.reset_batch_stats()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return NbParallelBackend, ()
+
+
+def _session() -> Any:
+    from . import parallel
+
+    return parallel
