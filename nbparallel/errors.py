@@ -158,7 +158,7 @@ JOBLIB_TASK = "on joblib task"
 
 
 def joblib_task_note(pid: int, index: int, func: object, args: tuple[object, ...]) -> str:
-    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    name = getattr(func, "__name__", None) or type(func).__name__
     shown = ", ".join(short_repr(arg) for arg in args[:3]) + (", ..." if len(args) > 3 else "")
     return f"nbparallel: raised in worker pid {pid} {JOBLIB_TASK} {index}: {name}({shown})"
 
