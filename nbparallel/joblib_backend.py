@@ -86,6 +86,7 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         self._held: collections.deque[tuple[Any, int, Any, Future[Any]]] = collections.deque()
         self._progress: Progress | None = None
         self._failed = 0
+        self._redrawing = threading.Event()
 
     # --- how many workers -------------------------------------------------------------------
 
@@ -122,17 +123,34 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
     # --- one joblib call --------------------------------------------------------------------
 
     def start_call(self) -> None:
-        """A joblib Parallel call starts: its progress bar (the total, if joblib knows it)."""
+        """A joblib Parallel call starts: its progress bar (the total, if joblib knows it), and a
+        thread that redraws it (joblib's own loop never calls us while it waits)."""
         session = _session()
         with self._lock:
             self._failed = 0
-            self._progress = Progress(
+            self._progress = progress = Progress(
                 getattr(self.parallel, "n_tasks", None), session.options.progress, "joblib"
             )
+        if progress.redraw_seconds is not None:
+            self._redrawing = threading.Event()
+            threading.Thread(
+                target=self._redraw,
+                args=(progress, self._redrawing),
+                name="nbparallel-joblib-bar",
+                daemon=True,
+            ).start()
+
+    def _redraw(self, progress: Progress, stopped: threading.Event) -> None:
+        while not stopped.wait(progress.redraw_seconds or 0.1):
+            with self._lock:
+                if self._progress is not progress:
+                    return
+                progress.redraw()
 
     def stop_call(self) -> None:
         with self._lock:
             progress, self._progress = self._progress, None
+        self._redrawing.set()
         if progress is None:
             return
         if not getattr(self.parallel, "_exception", False):
@@ -167,11 +185,6 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
             next_batch = self._held.popleft() if self._held else None
             if self._progress is not None:
                 self._progress.advance(size, 1 if failed else 0)
-                if (
-                    self._progress.total is None
-                    and getattr(self.parallel, "_original_iterator", True) is None
-                ):
-                    self._progress.total = self.parallel.n_dispatched_tasks  # input read to its end
         if next_batch is not None and not future.cancelled():
             batch, first, held_callback, _ = next_batch
             try:
