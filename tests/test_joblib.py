@@ -110,6 +110,23 @@ def test_n_jobs_maps_to_the_session_pool_and_never_resizes_it(on_nbparallel):
     assert len(parallel.status().workers) == size
 
 
+def test_n_jobs_below_the_pool_size_runs_at_most_n_jobs_tasks_at_once(on_nbparallel):
+    """n_jobs=2 on a pool of 3: never more than two tasks overlap, and the pool keeps 3 workers."""
+    previous = parallel.options.workers
+    parallel.configure(workers=3)
+    try:
+        spans = Parallel(n_jobs=2, batch_size=1)(
+            delayed(lambda _: (time.monotonic(), time.sleep(0.2), time.monotonic()))(x)
+            for x in range(6)
+        )
+        assert len(parallel.status().workers) == 3
+    finally:
+        parallel.configure(workers=previous or parallel.options.worker_count)
+    moments = [start for start, _, _ in spans]
+    overlap = max(sum(s <= m < e for s, _, e in spans) for m in moments)
+    assert overlap <= 2
+
+
 def test_n_jobs_1_and_none_run_in_this_process(on_nbparallel):
     assert Parallel(n_jobs=1)(delayed(os.getpid)() for _ in range(3)) == [os.getpid()] * 3
     assert Parallel()(delayed(os.getpid)() for _ in range(3)) == [os.getpid()] * 3
