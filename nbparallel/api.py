@@ -78,6 +78,7 @@ class Parallel:
         runs here); `joblib=False` gives the default back to loky.
         """
         if options.get("joblib") is not None:
+            self._options.merged(session=True, **options)  # all options valid before any effect
             _make_joblib_default(options["joblib"])
         with self._lock:
             previous, self._options = self._options, self._options.merged(session=True, **options)
@@ -219,6 +220,12 @@ class Parallel:
         options = self._options
         return calls.submit(lambda: self._get_backend(options), func, args, kwargs, options)
 
+    def submitter(self, func: Callable[..., Any], max_workers: int) -> calls.Submitter:
+        """One call of `func` whose tasks are submitted one at a time (each returns a Future),
+        on at most `max_workers` workers: how the joblib backend runs a joblib Parallel call."""
+        options = self._options
+        return calls.Submitter(self._get_backend(options), func, options, max_workers)
+
     def _stream(
         self,
         func: Any,
@@ -271,9 +278,7 @@ class Parallel:
         return _this_process_session, ()
 
 
-def _make_joblib_default(on: object) -> None:
-    if not isinstance(on, bool):
-        return  # Options says what is wrong with it
+def _make_joblib_default(on: bool) -> None:
     try:
         from . import joblib_backend
     except ImportError:

@@ -2,21 +2,23 @@
 
 Data flow::
 
-    joblib.Parallel --submit(BatchedCalls)--> NbParallelBackend --parallel.submit(run_batch)--> pool
-        ^                                        |  (at most n_jobs batches running at once)
-        +---- callback(future) <-- done ---------+  progress bar advanced by the batch's size
+    joblib.Parallel --submit(BatchedCalls)--> NbParallelBackend --Submitter.submit--> pool
+        ^                                        |   (one nbparallel call per joblib call,
+        +---- callback(future) <-- done ---------+    on at most n_jobs workers)
 
-A batch of joblib tasks is one `parallel.submit` of the module-level `run_batch`, with joblib's
-`BatchedCalls` as its argument: items go through `serialize.dumps` (the C pickler, with notebook
-functions and lambdas inside `delayed(...)` by value with dill), and everything after (warm workers,
-errors as the user's own type, Stop, workers that never outlive the kernel) is the pool's own.
+Each joblib `Parallel` call is one nbparallel call (`calls.Submitter`) of the module-level
+`run_batch`, and each batch joblib makes is one of its tasks, with joblib's `BatchedCalls` as its
+argument: it goes through `serialize.dumps` (the C pickler, with notebook functions and lambdas
+inside `delayed(...)` by value with dill). One call, so the function is sent once, a fast worker
+has its next batch queued behind the running one, and one cancel stops them all; everything else
+(warm workers, errors as the user's own type, Stop, workers that never outlive the kernel) is the
+pool's own. One progress bar per joblib call, advanced by each batch's size.
 
 Only imported where joblib is installed (`nbparallel/__init__.py` registers it then).
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import threading
 from concurrent.futures import Future
@@ -81,9 +83,8 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
     def __init__(self, nesting_level: int | None = None, **kwargs: Any) -> None:
         super().__init__(nesting_level=nesting_level, **kwargs)
         self._lock = threading.Lock()
-        self._limit = 1
-        self._running: set[Future[Any]] = set()
-        self._held: collections.deque[tuple[Any, int, Any, Future[Any]]] = collections.deque()
+        self._jobs = 1  # workers a call may use at once (joblib's n_jobs, at most the pool's)
+        self._submitter: calls.Submitter | None = None  # the joblib call's one nbparallel call
         self._progress: Progress | None = None
         self._failed = 0
         self._redrawing = threading.Event()
@@ -114,7 +115,7 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         if n_jobs == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
-        self._limit = n_jobs
+        self._jobs = n_jobs
         return n_jobs
 
     def get_nested_backend(self) -> tuple[Any, int | None]:
@@ -150,6 +151,9 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
     def stop_call(self) -> None:
         with self._lock:
             progress, self._progress = self._progress, None
+            submitter, self._submitter = self._submitter, None
+        if submitter is not None:
+            submitter.close()
         self._redrawing.set()
         if progress is None:
             return
@@ -163,36 +167,27 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         # joblib counts a batch as dispatched just before submitting it: where its tasks start.
         first = max(getattr(self.parallel, "n_dispatched_tasks", len(func)) - len(func), 0)
         with self._lock:
-            if len(self._running) >= self._limit:
-                held: Future[Any] = Future()
-                self._held.append((func, first, callback, held))
-                return held
-        return self._start(func, first, callback)
-
-    def _start(self, batch: Any, first: int, callback: Any) -> Future[Any]:
-        future = _session().submit(run_batch, batch, first)
-        with self._lock:
-            self._running.add(future)
-        future.add_done_callback(lambda done: self._finished(done, len(batch), callback))
+            if self._submitter is None:  # one nbparallel call per joblib call, made on first use
+                self._submitter = _session().submitter(run_batch, self._jobs)
+            submitter = self._submitter
+        try:
+            future = submitter.submit(func, first)
+        except (
+            Exception
+        ) as error:  # an argument that cannot be sent: joblib hears it as the outcome
+            future = Future()
+            future.set_exception(error)
+        size = len(func)
+        future.add_done_callback(lambda done: self._finished(done, size, callback))
         return future
 
     def _finished(self, future: Future[Any], size: int, callback: Any) -> None:
-        """A batch ended (on the pool's thread): count it, start a held one, tell joblib."""
+        """A batch ended (on the pool's thread): count it on the bar, tell joblib."""
         failed = not future.cancelled() and future.exception() is not None
         with self._lock:
-            self._running.discard(future)
             self._failed += failed
-            next_batch = self._held.popleft() if self._held else None
             if self._progress is not None:
                 self._progress.advance(size, 1 if failed else 0)
-        if next_batch is not None and not future.cancelled():
-            batch, first, held_callback, _ = next_batch
-            try:
-                self._start(batch, first, held_callback)
-            except BaseException as error:  # an unsendable item: joblib hears it as the outcome
-                failed_future: Future[Any] = Future()
-                failed_future.set_exception(error)
-                held_callback(failed_future)
         if callback is not None:
             callback(future)
 
@@ -209,16 +204,18 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
             raise
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """After a failure, an interrupt or a timeout: drop held batches and stop running ones
-        (their workers are replaced; the pool stays usable whatever `ensure_ready` says)."""
+        """After a failure, an interrupt or a timeout: queued batches never start and running
+        ones are stopped (their workers replaced; the pool stays usable either way)."""
         with self._lock:
-            self._held.clear()
-            running = list(self._running)
-        for future in running:
-            future.cancel()
+            submitter, self._submitter = self._submitter, None
+        if submitter is not None:
+            submitter.cancel()
 
     def terminate(self) -> None:
-        self.abort_everything()
+        with self._lock:
+            submitter, self._submitter = self._submitter, None
+        if submitter is not None:
+            submitter.close()
         self.reset_batch_stats()
 
     def __reduce__(self) -> tuple[Any, ...]:
