@@ -33,7 +33,7 @@ from joblib._parallel_backends import (
     ThreadingBackend,
 )
 
-from . import calls, errors
+from . import calls, errors, serialize
 from .progressbar import Progress
 
 NAME = "nbparallel"
@@ -71,6 +71,19 @@ def run_batch(batch: Any, first: int) -> list[Any]:
         return results
 
 
+class _SentOnce:
+    """A notebook function of one joblib call, serialized (by value, with dill) once for all its
+    batches, as loky keeps one pickle per call; a worker unpickles the function itself."""
+
+    __slots__ = ("reduction",)
+
+    def __init__(self, reduction: tuple[Any, ...]) -> None:
+        self.reduction = reduction
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.reduction
+
+
 class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
     """A joblib backend whose batches run on `nbparallel.parallel`'s pool."""
 
@@ -85,6 +98,7 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         self._lock = threading.Lock()
         self._jobs = 1  # workers a call may use at once (joblib's n_jobs, at most the pool's)
         self._submitter: calls.Submitter | None = None  # the joblib call's one nbparallel call
+        self._sent: dict[int, tuple[Any, Any]] = {}  # id(function) -> (function, what is sent)
         self._progress: Progress | None = None
         self._failed = 0
         self._redrawing = threading.Event()
@@ -129,6 +143,7 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         session = _session()
         with self._lock:
             self._failed = 0
+            self._sent = {}  # a global changed between two joblib calls is seen by the next
             self._progress = progress = Progress(
                 getattr(self.parallel, "n_tasks", None), session.options.progress, "joblib"
             )
@@ -170,6 +185,8 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
             if self._submitter is None:  # one nbparallel call per joblib call, made on first use
                 self._submitter = _session().submitter(run_batch, self._jobs)
             submitter = self._submitter
+        # The batch goes to a worker only: its functions may be replaced by what is sent of them.
+        func.items = [(self._sent_once(f), args, kwargs) for f, args, kwargs in func.items]
         try:
             future = submitter.submit(func, first)
         except (
@@ -180,6 +197,18 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         size = len(func)
         future.add_done_callback(lambda done: self._finished(done, size, callback))
         return future
+
+    def _sent_once(self, function: Any) -> Any:
+        known = self._sent.get(id(function))
+        if known is not None and known[0] is function:
+            return known[1]
+        try:
+            reduction = serialize.by_value(function)
+        except Exception:  # sent the usual way, whose error names what cannot be sent
+            reduction = None
+        sent = function if reduction is None else _SentOnce(reduction)
+        self._sent[id(function)] = (function, sent)  # the function is kept: its id stays its own
+        return sent
 
     def _finished(self, future: Future[Any], size: int, callback: Any) -> None:
         """A batch ended (on the pool's thread): count it on the bar, tell joblib."""

@@ -43,6 +43,15 @@ def test_ordered_results_come_from_the_pool_workers_with_a_lambda_that_captures(
     assert os.getpid() not in {pid for _, pid in results}
 
 
+def test_a_value_changed_between_two_joblib_calls_is_seen_by_the_next(on_nbparallel):
+    """The function goes by value once per joblib call (not per batch), and anew for the next."""
+    box = [1]
+    add = lambda x: x + box[0]  # noqa: E731
+    assert Parallel(n_jobs=2)(delayed(add)(x) for x in range(300)) == [x + 1 for x in range(300)]
+    box[0] = 100
+    assert Parallel(n_jobs=2)(delayed(add)(x) for x in range(300)) == [x + 100 for x in range(300)]
+
+
 def test_workers_are_the_same_warm_workers_as_parallel_map(on_nbparallel):
     map_pids = set(parallel.map(lambda _: os.getpid(), range(8), chunksize=1))
     joblib_pids = set(Parallel(n_jobs=-1, batch_size=1)(delayed(os.getpid)() for _ in range(8)))
