@@ -119,3 +119,21 @@ def test_the_widget_counts_grid_search_tasks_as_they_finish(kernel, tmp_path):
     assert seen == [f"{2 * (c + 1)} items" for c in range(12)]
     kernel.reply(msg_id)
     kernel.read_until(lambda: bar.bar["bar_style"] == "success")
+
+
+def test_a_joblib_call_over_a_list_shows_its_total_and_ends_green_or_red(kernel):
+    kernel.ok("import joblib\nfrom joblib import Parallel, delayed\nimport nbparallel")
+    reply = kernel.ok(
+        "with joblib.parallel_config(backend='nbparallel'):\n"
+        "    out = Parallel(n_jobs=2)([delayed(abs)(-x) for x in range(20)])"
+    )
+    bar = bar_of(kernel, reply)
+    assert (bar.name, bar.bar["value"], bar.bar["max"]) == ("joblib", 20.0, 20.0)
+    assert bar.bar["bar_style"] == "success" and bar.text.startswith("20/20 items")
+    reply = kernel.run(
+        "with joblib.parallel_config(backend='nbparallel'):\n"
+        "    Parallel(n_jobs=2)([delayed(lambda x: 1 / (x - 7))(x) for x in range(20)])"
+    )
+    assert reply.ename == "ZeroDivisionError"
+    bar = bar_of(kernel, reply)
+    assert bar.bar["bar_style"] == "danger" and "1 error" in bar.text
