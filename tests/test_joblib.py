@@ -66,6 +66,20 @@ def test_generator_returns(on_nbparallel, return_as):
     assert (results if return_as == "generator" else sorted(results)) == list(range(100))
 
 
+def test_leaving_a_generator_early_stops_the_call_and_the_pool_stays_usable(on_nbparallel):
+    out = Parallel(n_jobs=2, return_as="generator", batch_size=1)(
+        delayed(lambda x: x if x < 2 else time.sleep(60))(x) for x in range(8)
+    )
+    started = time.monotonic()
+    with pytest.warns(UserWarning):  # joblib's own: tasks were cancelled
+        for result in out:
+            if result == 1:
+                break
+        del out
+    assert time.monotonic() - started < 10
+    assert Parallel(n_jobs=2)(delayed(abs)(-x) for x in range(4)) == [0, 1, 2, 3]
+
+
 def test_the_users_exception_type_comes_back_naming_the_joblib_task(on_nbparallel):
     def check(x):
         if x == 37:
