@@ -10,6 +10,8 @@ run on a persistent pool of worker processes that never outlives its kernel.
 from __future__ import annotations
 
 import atexit
+import importlib.util
+import os
 from typing import Any
 
 from .api import Parallel, ParallelFunction, PoolStatus
@@ -52,6 +54,19 @@ parallel = Parallel()
 atexit.register(parallel.shutdown)
 
 
+def _register_joblib_backend() -> None:
+    """`joblib.parallel_config(backend="nbparallel")` works wherever joblib is installed (not in
+    workers: nested joblib calls there run sequentially, and workers start faster without it)."""
+    if os.environ.get("NBPARALLEL_WORKER") == "1" or importlib.util.find_spec("joblib") is None:
+        return
+    from . import joblib_backend
+
+    joblib_backend.register()
+
+
+_register_joblib_backend()
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext nbparallel`: the magics, `parallel` in the namespace, and a sweep of orphans."""
     from . import lifecycle
@@ -59,6 +74,7 @@ def load_ipython_extension(ipython: Any) -> None:
 
     ipython.register_magics(ParallelMagics(ipython, parallel))
     ipython.push({"parallel": parallel})
+    _register_joblib_backend()
     stopped = lifecycle.reap_orphans()
     if stopped:
         print(

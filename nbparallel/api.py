@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
-from . import backends, calls, serialize
+from . import backends, calls, errors, serialize
 from .background import MapHandle
 from .options import Options
 
@@ -74,7 +74,12 @@ class Parallel:
         """Set session defaults (any option of `Options`); returns the options in force.
 
         Changing `address` replaces the session's dask backend (the next call connects anew).
+        `joblib=True` makes nbparallel joblib's default backend (scikit-learn's n_jobs=-1 then
+        runs here); `joblib=False` gives the default back to loky.
         """
+        if options.get("joblib") is not None:
+            self._options.merged(session=True, **options)  # all options valid before any effect
+            _make_joblib_default(options["joblib"])
         with self._lock:
             previous, self._options = self._options, self._options.merged(session=True, **options)
             retired = (
@@ -215,6 +220,12 @@ class Parallel:
         options = self._options
         return calls.submit(lambda: self._get_backend(options), func, args, kwargs, options)
 
+    def submitter(self, func: Callable[..., Any], max_workers: int) -> calls.Submitter:
+        """One call of `func` whose tasks are submitted one at a time (each returns a Future),
+        on at most `max_workers` workers: how the joblib backend runs a joblib Parallel call."""
+        options = self._options
+        return calls.Submitter(self._get_backend(options), func, options, max_workers)
+
     def _stream(
         self,
         func: Any,
@@ -265,6 +276,16 @@ class Parallel:
         # belongs to this process, and in a worker the name means the worker's own session
         # (where nested calls run serially).
         return _this_process_session, ()
+
+
+def _make_joblib_default(on: bool) -> None:
+    try:
+        from . import joblib_backend
+    except ImportError:
+        if on:
+            raise errors.joblib_missing() from None
+        return
+    joblib_backend.register(make_default=on)
 
 
 class PoolStatus:

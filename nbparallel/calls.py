@@ -162,6 +162,58 @@ def submit(
     return future
 
 
+class Submitter:
+    """One call whose tasks arrive one at a time, each answered by its own Future: every task
+    shares the call's function (serialized once), its workers' queues and one `cancel`. What the
+    joblib backend runs a joblib `Parallel` call as. `kind` "apply": a task is (args, kwargs).
+    A task's exception comes back as the user's own type; a lost worker fails its task (no retry).
+    """
+
+    def __init__(
+        self, backend: Backend, func: Callable[..., Any], options: Options, max_workers: int
+    ) -> None:
+        check_function(func)
+        new_call = _new_call(backend, func, "apply", dataclasses.replace(options, errors="raise"))
+        self._futures: dict[int, Future[Any]] = {}
+        self._tracker = Tracker(backend, new_call(self._deliver, max_workers), "raise", 0)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Queue `func(*args, **kwargs)`. Raises UnsendableError for arguments that cannot be sent."""
+        future: Future[Any] = Future()
+        chunk = tasks.Chunk(tasks.next_id(), 0, 1, [(args, kwargs)])
+        self._futures[chunk.task_id] = future
+        try:
+            self._tracker.send(chunk)
+        except BaseException:
+            del self._futures[chunk.task_id]
+            raise
+        return future
+
+    def _deliver(self, event: Any) -> None:  # the backend's thread
+        future = self._futures.pop(event.task_id, None)
+        if future is None:
+            return
+        try:
+            finished = self._tracker.accept(event)
+        except BaseException as error:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+            return
+        if finished is not None and future.set_running_or_notify_cancel():
+            future.set_result(finished.results[0])
+
+    def cancel(self) -> None:
+        """Stop the call: queued tasks never start, running ones are stopped at once."""
+        self._tracker.cancel(stop_running=True)
+        for future in list(self._futures.values()):
+            future.cancel()
+        self._futures.clear()
+
+    def close(self) -> None:
+        """No more tasks: events that still come are dropped."""
+        self._tracker.finish()
+
+
 def run_setup(
     get_backend: Callable[[], Backend], source: str, namespace: dict[str, Any], filename: str
 ) -> int:

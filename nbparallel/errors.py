@@ -154,6 +154,21 @@ def item_note(position: int, item_repr: str, pid: int) -> str:
     return f"nbparallel: raised in worker pid {pid} on item {position}: {item_repr}"
 
 
+JOBLIB_TASK = "on joblib task"
+
+
+def joblib_task_note(pid: int, index: int, func: object, args: tuple[object, ...]) -> str:
+    name = getattr(func, "__name__", None) or type(func).__name__
+    shown = ", ".join(short_repr(arg) for arg in args[:3]) + (", ..." if len(args) > 3 else "")
+    return f"nbparallel: raised in worker pid {pid} {JOBLIB_TASK} {index}: {name}({shown})"
+
+
+def joblib_missing() -> OptionError:
+    return OptionError(
+        'joblib=True needs joblib, which is not installed: pip install "nbparallel[joblib]".'
+    )
+
+
 def _running(position: int | None, item_repr: str | None) -> str:
     if position is None:
         return "before it started an item (while loading the function or the items)"

@@ -49,7 +49,7 @@ def default_backend() -> str:
     return "processes" if gil_enabled() else "threads"
 
 
-POOL_OPTIONS = ("max_tasks_per_worker", "max_worker_memory", "address")
+POOL_OPTIONS = ("max_tasks_per_worker", "max_worker_memory", "address", "joblib")
 BACKENDS = ("processes", "threads", "dask")
 
 
@@ -87,13 +87,16 @@ class Options:
     address: Any = None
     """For the dask backend: a scheduler address ("tcp://host:8786") or a distributed.Client;
     None starts a local cluster once and reuses it (it follows the kernel like the pool)."""
+    joblib: bool = False
+    """Make nbparallel joblib's default backend, so `n_jobs=-1` in scikit-learn runs on this pool
+    (needs joblib); False gives the default back to joblib's loky."""
 
     def __post_init__(self) -> None:
         for name in ("workers", "chunksize", "max_tasks_per_worker", "max_worker_memory"):
             value = getattr(self, name)
             if value is not None and not _is_count(value, minimum=1):
                 raise errors.bad_option(name, value, "a positive whole number, or None")
-        for name in ("progress", "show_workers"):
+        for name in ("progress", "show_workers", "joblib"):
             if not isinstance(getattr(self, name), bool):
                 raise errors.bad_option(name, getattr(self, name), "True or False")
         if not _is_count(self.retries, minimum=0):

@@ -60,16 +60,22 @@ def resolve_by_name(qualname: str, payload: bytes) -> Any:
     return dill.loads(payload)
 
 
+def by_value(obj: Any) -> tuple[Any, ...] | None:
+    """How notebook-defined code travels (a reduction through dill), or None for anything else."""
+    if not captures.needs_value(obj):
+        return None
+    payload = dill.dumps(obj, protocol=PROTOCOL, recurse=True)
+    if "<" in obj.__qualname__:
+        return dill.loads, (payload,)
+    return resolve_by_name, (obj.__qualname__, payload)
+
+
 class _Pickler(pickle.Pickler):
     """The C pickler, handing notebook-defined code to dill."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if not captures.needs_value(obj):
-            return NotImplemented
-        payload = dill.dumps(obj, protocol=PROTOCOL, recurse=True)
-        if "<" in obj.__qualname__:
-            return dill.loads, (payload,)
-        return resolve_by_name, (obj.__qualname__, payload)
+        reduction = by_value(obj)
+        return NotImplemented if reduction is None else reduction
 
 
 def dumps(obj: object) -> bytes:

@@ -1,0 +1,249 @@
+"""The joblib backend in this process: joblib's backend contract, scikit-learn, n_jobs, fallbacks."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+joblib = pytest.importorskip("joblib")
+
+from joblib import Parallel, delayed  # noqa: E402
+
+from nbparallel import OptionError, parallel  # noqa: E402
+from nbparallel.joblib_backend import NbParallelBackend  # noqa: E402
+
+from .conftest import ROOT  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("quiet_progress")
+
+
+@pytest.fixture
+def on_nbparallel():
+    with joblib.parallel_config(backend="nbparallel"):
+        yield
+
+
+def pool_pids() -> set[int]:
+    return {w.pid for w in parallel.status().workers}
+
+
+def test_ordered_results_come_from_the_pool_workers_with_a_lambda_that_captures(on_nbparallel):
+    """A lambda capturing a local goes by value (dill); the tasks run in the session's workers."""
+    factor = 3
+    results = Parallel(n_jobs=-1)(
+        delayed(lambda x: (x * factor, os.getpid()))(x) for x in range(50)
+    )
+    assert [value for value, _ in results] == [x * 3 for x in range(50)]
+    assert {pid for _, pid in results} <= pool_pids()
+    assert os.getpid() not in {pid for _, pid in results}
+
+
+def test_a_value_changed_between_two_joblib_calls_is_seen_by_the_next(on_nbparallel):
+    """The function goes by value once per joblib call (not per batch), and anew for the next."""
+    box = [1]
+    add = lambda x: x + box[0]  # noqa: E731
+    assert Parallel(n_jobs=2)(delayed(add)(x) for x in range(300)) == [x + 1 for x in range(300)]
+    box[0] = 100
+    assert Parallel(n_jobs=2)(delayed(add)(x) for x in range(300)) == [x + 100 for x in range(300)]
+
+
+def test_workers_are_the_same_warm_workers_as_parallel_map(on_nbparallel):
+    map_pids = set(parallel.map(lambda _: os.getpid(), range(8), chunksize=1))
+    joblib_pids = set(Parallel(n_jobs=-1, batch_size=1)(delayed(os.getpid)() for _ in range(8)))
+    assert joblib_pids <= pool_pids() and map_pids <= pool_pids()
+
+
+@pytest.mark.parametrize("return_as", ["generator", "generator_unordered"])
+def test_generator_returns(on_nbparallel, return_as):
+    out = Parallel(n_jobs=2, return_as=return_as)(delayed(abs)(-x) for x in range(100))
+    assert not isinstance(out, list)
+    results = list(out)
+    assert (results if return_as == "generator" else sorted(results)) == list(range(100))
+
+
+def test_leaving_a_generator_early_stops_the_call_and_the_pool_stays_usable(on_nbparallel):
+    out = Parallel(n_jobs=2, return_as="generator", batch_size=1)(
+        delayed(lambda x: x if x < 2 else time.sleep(60))(x) for x in range(8)
+    )
+    started = time.monotonic()
+    with pytest.warns(UserWarning):  # joblib's own: tasks were cancelled
+        for result in out:
+            if result == 1:
+                break
+        del out
+    assert time.monotonic() - started < 10
+    assert Parallel(n_jobs=2)(delayed(abs)(-x) for x in range(4)) == [0, 1, 2, 3]
+
+
+def test_the_users_exception_type_comes_back_naming_the_joblib_task(on_nbparallel):
+    def check(x):
+        if x == 37:
+            raise KeyError(f"no row {x}")
+        return x
+
+    with pytest.raises(KeyError, match="no row 37") as caught:
+        Parallel(n_jobs=2)(delayed(check)(x) for x in range(100))
+    notes = getattr(caught.value, "__notes__", [])
+    if sys.version_info >= (3, 11):
+        assert any("joblib task 37: check(37)" in note for note in notes), notes
+        assert not any("item 0" in note for note in notes), notes
+    assert caught.value.__cause__ is not None  # the worker's traceback
+
+
+def test_an_error_aborts_the_rest_at_once_and_the_pool_stays_usable(on_nbparallel):
+    """Task 0 fails at once while the others would sleep 60 s: running ones are stopped."""
+    started = time.monotonic()
+    with pytest.raises(ZeroDivisionError):
+        Parallel(n_jobs=2, batch_size=1)(
+            delayed(lambda x: 1 / 0 if x == 0 else time.sleep(60))(x) for x in range(10)
+        )
+    assert time.monotonic() - started < 10
+    assert Parallel(n_jobs=2)(delayed(abs)(-x) for x in range(4)) == [0, 1, 2, 3]
+
+
+def test_timeout_raises_timeout_error_and_stops_the_task(on_nbparallel):
+    started = time.monotonic()
+    with pytest.raises(multiprocessing.TimeoutError):  # joblib's own, as on loky
+        Parallel(n_jobs=2, timeout=0.5)(delayed(time.sleep)(60) for _ in range(4))
+    assert time.monotonic() - started < 10
+    assert Parallel(n_jobs=2)(delayed(abs)(-x) for x in range(4)) == [0, 1, 2, 3]
+
+
+def test_auto_batching_sends_tiny_tasks_in_batches(on_nbparallel):
+    call = Parallel(n_jobs=2)
+    assert call(delayed(abs)(-x) for x in range(5000)) == list(range(5000))
+    assert call.n_dispatched_batches < 500
+
+
+def test_n_jobs_maps_to_the_session_pool_and_never_resizes_it(on_nbparallel):
+    size = parallel.options.worker_count
+    backend = NbParallelBackend()
+    assert backend.effective_n_jobs(-1) == size
+    assert backend.effective_n_jobs(-2) == max(size - 1, 1)
+    assert backend.effective_n_jobs(10 * size) == size
+    assert backend.effective_n_jobs(None) == 1
+    with pytest.raises(ValueError):
+        backend.effective_n_jobs(0)
+    Parallel(n_jobs=10 * size)(delayed(abs)(x) for x in range(20))
+    assert len(parallel.status().workers) == size
+
+
+def test_n_jobs_below_the_pool_size_runs_at_most_n_jobs_tasks_at_once(on_nbparallel):
+    """n_jobs=2 on a pool of 3: never more than two tasks overlap, and the pool keeps 3 workers."""
+    previous = parallel.options.workers
+    parallel.configure(workers=3)
+    try:
+        spans = Parallel(n_jobs=2, batch_size=1)(
+            delayed(lambda _: (time.monotonic(), time.sleep(0.2), time.monotonic()))(x)
+            for x in range(6)
+        )
+        assert len(parallel.status().workers) == 3
+    finally:
+        parallel.configure(workers=previous or parallel.options.worker_count)
+    moments = [start for start, _, _ in spans]
+    overlap = max(sum(s <= m < e for s, _, e in spans) for m in moments)
+    assert overlap <= 2
+
+
+def test_n_jobs_1_and_none_run_in_this_process(on_nbparallel):
+    assert Parallel(n_jobs=1)(delayed(os.getpid)() for _ in range(3)) == [os.getpid()] * 3
+    assert Parallel()(delayed(os.getpid)() for _ in range(3)) == [os.getpid()] * 3
+
+
+@pytest.mark.parametrize("hint", [{"prefer": "threads"}, {"require": "sharedmem"}])
+def test_threads_hints_fall_back_to_joblibs_threading_backend(on_nbparallel, hint):
+    """Shared memory: tasks run in this process and see (and change) its objects."""
+    seen: list[int] = []
+    Parallel(n_jobs=2, **hint)(delayed(seen.append)(os.getpid()) for _ in range(4))
+    assert seen == [os.getpid()] * 4
+
+
+def test_nested_joblib_calls_run_sequentially_in_the_worker(on_nbparallel):
+    """A task that itself uses Parallel(n_jobs=-1) starts no process: inner tasks run in its worker."""
+
+    def outer(x):
+        inner = Parallel(n_jobs=-1)(delayed(os.getpid)() for _ in range(4))
+        return os.getpid(), set(inner)
+
+    for pid, inner in Parallel(n_jobs=2)(delayed(outer)(x) for x in range(4)):
+        assert inner == {pid} and pid in pool_pids()
+
+
+def test_configure_joblib_makes_it_the_default_backend_and_false_gives_it_back():
+    try:
+        parallel.configure(joblib=True)
+        assert set(Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(6))) <= pool_pids()
+    finally:
+        parallel.configure(joblib=False)
+    assert joblib.parallel.DEFAULT_BACKEND == "loky"
+    with pytest.raises(OptionError):
+        parallel.configure(joblib="yes")
+    with pytest.raises(TypeError, match="parallel.configure"):
+        parallel.map(abs, [1], joblib=True)
+
+
+def test_without_joblib_nothing_fails_to_import_and_configure_says_what_to_install():
+    code = (
+        "import sys; sys.modules['joblib'] = None\n"
+        "import nbparallel\n"
+        "print(nbparallel.parallel.map(abs, [-1, -2], progress=False))\n"
+        "try:\n    nbparallel.parallel.configure(joblib=True)\n"
+        "except nbparallel.OptionError as e:\n    print(e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "[1, 2]"
+    assert 'pip install "nbparallel[joblib]"' in done.stdout
+
+
+# --- scikit-learn: the same scores as loky ------------------------------------------------
+
+SKLEARN_RUNS = """
+import json, sys
+import joblib
+from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.svm import SVC
+
+X, y = make_classification(n_samples=300, n_features=10, random_state=0)
+with joblib.parallel_config(backend=sys.argv[1]):
+    cv = cross_val_score(RandomForestClassifier(n_estimators=20, random_state=0), X, y, cv=4, n_jobs=-1)
+    grid = GridSearchCV(SVC(), {"C": [0.1, 1, 10], "gamma": ["scale", 0.01]}, cv=3, n_jobs=-1)
+    grid.fit(X, y)
+print(json.dumps({"cv": list(cv), "grid": list(grid.cv_results_["mean_test_score"]),
+                  "best": grid.best_params_}))
+"""
+
+
+def sklearn_scores(backend: str) -> dict:
+    """The scores, computed in a fresh interpreter (loky's workers and helper outlive a test)."""
+    pytest.importorskip("sklearn")
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import nbparallel\n" + SKLEARN_RUNS, backend],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_cross_val_score_and_grid_search_give_the_same_scores_as_loky():
+    expected, got = sklearn_scores("loky"), sklearn_scores("nbparallel")
+    assert got == expected
+    assert len(got["cv"]) == 4 and len(got["grid"]) == 6
