@@ -280,11 +280,12 @@ class ProcessPool:
             if running is not None and running[0].kind == "setup" and not worker.said_retiring:
                 # A setup task that kills its worker would kill every replacement too.
                 self._setups = [(c, items) for c, items in self._setups if c is not running[0]]
-            self.start_replacements()
         lost = lost_task(worker, worker_process.reap([worker])[0])
+        # The replacement first (outside the lock), so that a retry of the lost task, or the
+        # caller's worker row, finds it.
+        self._fill()
         if lost is not None and running is not None and not running[0].closed:
             running[0].deliver(lost)
-        self._record()
 
     def _take_out(self, worker: WorkerProcess) -> None:
         """Remove a worker that is gone or going; its queued tasks go back to the front of the
