@@ -99,6 +99,21 @@ def test_a_client_without_this_kernels_credentials_cannot_run_a_task(cluster):
     assert parallel.map(abs, [-3]) == [3]  # the kernel's own client still works
 
 
+def their_tls_cluster(security):
+    """A cluster of the user's own, in this process, that speaks TLS with their certificate."""
+    import distributed
+
+    return distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tls",
+        security=security,
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
+
+
 def test_a_client_the_user_gives_is_used_as_it_is_and_left_open(session):
     """nbparallel adds nothing to a user's cluster: their Client (and its TLS security) runs the
     tasks, no cluster of nbparallel's starts, and shutting nbparallel down leaves it open."""
@@ -107,15 +122,7 @@ def test_a_client_the_user_gives_is_used_as_it_is_and_left_open(session):
 
     theirs = Security.temporary()
     with (
-        distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=False,
-            protocol="tls",
-            security=theirs,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as their_cluster,
+        their_tls_cluster(theirs) as their_cluster,
         distributed.Client(their_cluster) as client,
     ):
         before = {child.pid for child in psutil.Process().children(recursive=True)}
@@ -136,15 +143,7 @@ def test_an_address_the_user_gives_connects_with_their_own_dask_security(session
 
     theirs = Security.temporary()
     with (
-        distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=False,
-            protocol="tls",
-            security=theirs,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as their_cluster,
+        their_tls_cluster(theirs) as their_cluster,
         dask.config.set(
             {
                 "distributed.comm.require-encryption": True,
