@@ -138,7 +138,6 @@ def test_an_address_the_user_gives_connects_with_their_own_dask_security(session
     """A string address is dask's to resolve: the user's configured certificate opens their TLS
     cluster, as it would for their own `distributed.Client(address)`."""
     import dask
-    import distributed
     from distributed.security import Security
 
     theirs = Security.temporary()
