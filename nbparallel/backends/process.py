@@ -18,6 +18,7 @@ stops the workers of dead owners.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable
@@ -60,7 +61,7 @@ class ProcessPool:
         # no copy here); off where workers cannot read this process's memory, or one said so.
         self._lending = crossmemory.allow_children_to_read()
         self._dispatcher: Dispatcher | None = None
-        self._starting = threading.RLock()  # one thread at a time starts workers
+        self._start_once = threading.Lock()  # the first call starts the dispatcher, once
         self._recording = threading.Lock()  # records are written in the order they were taken
         self._closing: list[Connection] = []  # of workers stopped on purpose; the dispatcher closes
         self._forget_kernel_hook: Callable[[], None] = lambda: None
@@ -207,9 +208,9 @@ class ProcessPool:
                 worker.conn.close()  # EOF: the worker exits by itself
             self._wake()
         # A refill under way (on the launcher thread) sees `closed` and stops what it started:
-        # wait for it, so that no worker outlives this call.
-        if self._starting.acquire(timeout=worker_process.EXIT_WAIT_SECONDS):
-            self._starting.release()
+        # wait for it (the launcher runs jobs in order), so that no worker outlives this call.
+        with contextlib.suppress(errors.NbParallelError):
+            launcher.run(lambda: None)
         self._record()
         for call, chunk, _ in lost:
             if not call.closed:
@@ -254,7 +255,7 @@ class ProcessPool:
     def start_replacements(self) -> None:
         """Start workers up to the pool's size, soon, on the launcher thread."""
         if not self.closed:
-            launcher.run_later(self._fill)
+            launcher.run_later(self._fill_here)
 
     def woken(self) -> None:
         while self.wake_reader.poll():
@@ -302,7 +303,7 @@ class ProcessPool:
         """Start the workers and the dispatcher, unless they run already."""
         if self._dispatcher is not None:
             return
-        with self._starting:
+        with self._start_once:
             if self.closed:
                 raise errors.pool_shut_down()
             if self._dispatcher is not None:
@@ -315,30 +316,34 @@ class ProcessPool:
             launcher.run_later(lifecycle.reap_orphans)
 
     def _fill(self) -> None:
-        """Start workers until the pool has its size: from this thread, outside `lock`."""
-        with self._starting:
-            while True:
-                with self.lock:
-                    missing = self._size - sum(not w.retiring for w in self.workers.values())
-                    limits = self._limits
-                    if self.closed or missing <= 0:
-                        break
-                started = [worker_process.launch(limits) for _ in range(missing)]
-                with self.lock:
-                    closed = self.closed
-                    if not closed:
-                        for worker in started:
-                            self.workers[worker.conn] = worker
-                            for call, items in self._setups:
-                                self._send_setup(worker, call, items)
-                        self.assign_pending()
-                        self._wake()
-                if closed:  # shut down meanwhile: these were never the pool's, stop them now
-                    for worker in started:
-                        worker.conn.close()
-                        worker.process.kill()
-                    worker_process.reap(started)
+        """Start workers until the pool has its size, and return once they are in it."""
+        launcher.run(self._fill_here)
+
+    def _fill_here(self) -> None:
+        """`_fill`'s work, on the launcher thread: fills never overlap (it runs jobs one at a
+        time), and no thread holds a lock of the pool's while it waits for one."""
+        while True:
+            with self.lock:
+                missing = self._size - sum(not w.retiring for w in self.workers.values())
+                limits = self._limits
+                if self.closed or missing <= 0:
                     break
+            started = [worker_process.launch(limits) for _ in range(missing)]
+            with self.lock:
+                closed = self.closed
+                if not closed:
+                    for worker in started:
+                        self.workers[worker.conn] = worker
+                        for call, items in self._setups:
+                            self._send_setup(worker, call, items)
+                    self.assign_pending()
+                    self._wake()
+            if closed:  # shut down meanwhile: these were never the pool's, stop them now
+                for worker in started:
+                    worker.conn.close()
+                    worker.process.kill()
+                worker_process.reap(started)
+                break
         self._record()
 
     def _record(self) -> None:
