@@ -10,7 +10,6 @@ run on a persistent pool of worker processes that never outlives its kernel.
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
 from typing import Any
 
@@ -29,6 +28,7 @@ from .errors import (
 )
 from .options import Options
 from .slots import report_progress as progress
+from .when_imported import when_imported
 
 __all__ = [
     "ClusterStartError",
@@ -54,17 +54,16 @@ parallel = Parallel()
 atexit.register(parallel.shutdown)
 
 
-def _register_joblib_backend() -> None:
-    """`joblib.parallel_config(backend="nbparallel")` works wherever joblib is installed (not in
-    workers: nested joblib calls there run sequentially, and workers start faster without it)."""
-    if os.environ.get("NBPARALLEL_WORKER") == "1" or importlib.util.find_spec("joblib") is None:
-        return
+def _register_joblib_backend(joblib: Any = None) -> None:
     from . import joblib_backend
 
     joblib_backend.register()
 
 
-_register_joblib_backend()
+# `joblib.parallel_config(backend="nbparallel")` works wherever joblib is imported, before or
+# after nbparallel; not in workers (nested joblib calls there run sequentially).
+if os.environ.get("NBPARALLEL_WORKER") != "1":
+    when_imported("joblib", _register_joblib_backend)
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -74,7 +73,6 @@ def load_ipython_extension(ipython: Any) -> None:
 
     ipython.register_magics(ParallelMagics(ipython, parallel))
     ipython.push({"parallel": parallel})
-    _register_joblib_backend()
     stopped = lifecycle.reap_orphans()
     if stopped:
         print(

@@ -207,6 +207,32 @@ def test_without_joblib_nothing_fails_to_import_and_configure_says_what_to_insta
     assert 'pip install "nbparallel[joblib]"' in done.stdout
 
 
+@pytest.mark.parametrize("joblib_first", [False, True], ids=["nbparallel-first", "joblib-first"])
+def test_the_backend_is_there_whichever_is_imported_first_and_nbparallel_does_not_import_joblib(
+    joblib_first,
+):
+    """`import nbparallel` alone does not import joblib (0.1 s and NumPy at every start); the
+    backend is registered the moment joblib is imported, before or after nbparallel."""
+    first, second = ("joblib", "nbparallel") if joblib_first else ("nbparallel", "joblib")
+    code = (
+        f"import sys\nimport {first}\n"
+        "print('joblib' in sys.modules)\n"
+        f"import {second}\n"
+        "from joblib import Parallel, delayed, parallel_config\n"
+        "with parallel_config(backend='nbparallel'):\n"
+        "    print(Parallel(n_jobs=2)(delayed(abs)(-n) for n in range(3)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(joblib_first), "[0, 1, 2]"]
+
+
 # --- scikit-learn: the same scores as loky ------------------------------------------------
 
 SKLEARN_RUNS = """
