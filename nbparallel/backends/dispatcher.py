@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from multiprocess.connection import Connection, wait
 
 from .. import errors, messages, slots, transport
-from . import scheduling
+from . import scheduling, worker_process
 from .worker_process import WorkerProcess
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class Dispatcher(threading.Thread):
         try:
             message = transport.receive_message(conn, map_shared=False)  # results may be kept long
         except (EOFError, OSError):
-            self._pool.on_worker_exit(conn)
+            self._on_worker_exit(conn)
             return
         with self._pool.lock:
             worker = self._pool.workers.get(conn)
@@ -122,6 +122,24 @@ class Dispatcher(threading.Thread):
             call.write_output(message.stream, message.text)
         elif deliver is not None:
             deliver(message)
+
+    def _on_worker_exit(self, conn: Connection) -> None:
+        """A worker's socket closed: it exited or was killed. Tell its running task's caller
+        why, queue its other tasks again, and start a replacement."""
+        conn.close()
+        pool = self._pool
+        with pool.lock:
+            worker = pool.workers.get(conn)
+            if worker is None:
+                return  # shut down, restarted or retired on purpose
+            pool.take_out(worker, died=True)
+            running = worker.running()
+        lost = lost_task(worker, worker_process.reap([worker])[0])
+        # The replacement first, so that a retry of the lost task, or the caller's worker row,
+        # finds it.
+        pool.refill()
+        if lost is not None and running is not None and not running[0].closed:
+            running[0].deliver(lost)
 
     def _send_again(
         self, worker: WorkerProcess, message: messages.ItemsUnreadable | messages.FunctionMissing

@@ -28,7 +28,7 @@ from multiprocess.connection import Connection, Pipe
 
 from .. import crossmemory, errors, lifecycle, messages, serialize, slots, tasks, transport
 from . import WorkerStatus, launcher, scheduling, worker_process
-from .dispatcher import Dispatcher, lost_task
+from .dispatcher import Dispatcher
 from .worker_process import Task, WorkerProcess
 
 
@@ -141,7 +141,7 @@ class ProcessPool:
             old = [w for w in self.workers.values() if not w.retiring]
             for worker in old:
                 worker.process.kill()
-                self._take_out(worker)
+                self.take_out(worker)
         worker_process.reap(old)
         for worker in old:
             running = worker.running()
@@ -151,7 +151,7 @@ class ProcessPool:
                         running[1].task_id, worker.pid, None, None, error=errors.pool_restarted()
                     )
                 )
-        self._fill()
+        self.refill()
 
     def set_limits(self, max_tasks_per_worker: int | None, max_worker_memory: int | None) -> None:
         """Each worker retires itself after this many tasks, or once it grew past this many bytes."""
@@ -170,7 +170,7 @@ class ProcessPool:
             for worker in scheduling.to_retire(self.workers.values(), workers):
                 worker.retiring = True
             stopping = self.stop_idle_retiring()
-        self._fill()
+        self.refill()
         worker_process.reap(stopping)
         with self.lock:
             for worker in stopping:
@@ -268,30 +268,14 @@ class ProcessPool:
 
     # --- workers coming and going -----------------------------------------------------------
 
-    def on_worker_exit(self, conn: Connection) -> None:
-        """A worker's socket closed: it exited or was killed. Tell its running task's caller
-        why, queue its other tasks again, and start a replacement. (Dispatcher thread.)"""
-        conn.close()
-        with self.lock:
-            worker = self.workers.get(conn)
-            if worker is None:
-                return  # shut down, restarted or retired on purpose
-            self._take_out(worker)
-            running = worker.running()
-            if running is not None and running[0].kind == "setup" and not worker.said_retiring:
-                # A setup task that kills its worker would kill every replacement too.
-                self._setups = [(c, items) for c, items in self._setups if c is not running[0]]
-        lost = lost_task(worker, worker_process.reap([worker])[0])
-        # The replacement first (outside the lock), so that a retry of the lost task, or the
-        # caller's worker row, finds it.
-        self._fill()
-        if lost is not None and running is not None and not running[0].closed:
-            running[0].deliver(lost)
-
-    def _take_out(self, worker: WorkerProcess) -> None:
+    def take_out(self, worker: WorkerProcess, died: bool = False) -> None:
         """Remove a worker that is gone or going; its queued tasks go back to the front of the
         queue (all of them if it retired itself: then it was running none). With `lock` held."""
         del self.workers[worker.conn]  # its EOF, when the dispatcher sees it, is then ignored
+        running = worker.running()
+        if died and running is not None and running[0].kind == "setup" and not worker.said_retiring:
+            # A setup task that kills its worker would kill every replacement too.
+            self._setups = [(c, items) for c, items in self._setups if c is not running[0]]
         queued = list(worker.inflight) if worker.said_retiring else list(worker.inflight)[1:]
         again = [task for task in queued if task[0].kind != "setup" and not task[0].closed]
         self._pending.extendleft(reversed(again))  # setups are replayed anyway
@@ -308,19 +292,19 @@ class ProcessPool:
                 raise errors.pool_shut_down()
             if self._dispatcher is not None:
                 return
-            self._fill()
+            self.refill()
             self._dispatcher = Dispatcher(self)
             self._dispatcher.start()
             self._forget_kernel_hook = lifecycle.stop_with_kernel(self.shutdown)
             # Workers a dead owner left behind stop when any pool starts, not only on %load_ext.
             launcher.run_later(lifecycle.reap_orphans)
 
-    def _fill(self) -> None:
+    def refill(self) -> None:
         """Start workers until the pool has its size, and return once they are in it."""
         launcher.run(self._fill_here)
 
     def _fill_here(self) -> None:
-        """`_fill`'s work, on the launcher thread: fills never overlap (it runs jobs one at a
+        """`refill`'s work, on the launcher thread: fills never overlap (it runs jobs one at a
         time), and no thread holds a lock of the pool's while it waits for one."""
         while True:
             with self.lock:
