@@ -17,7 +17,7 @@ from joblib import Parallel, delayed  # noqa: E402
 from nbparallel import OptionError, parallel  # noqa: E402
 from nbparallel.joblib_backend import NbParallelBackend  # noqa: E402
 
-from .conftest import ROOT  # noqa: E402
+from .conftest import ROOT, run_script  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("quiet_progress")
 
@@ -187,7 +187,7 @@ def test_configure_joblib_makes_it_the_default_backend_and_false_gives_it_back()
         parallel.map(abs, [1], joblib=True)
 
 
-def test_without_joblib_nothing_fails_to_import_and_configure_says_what_to_install():
+def test_without_joblib_nothing_fails_to_import_and_configure_says_what_to_install(tmp_path):
     code = (
         "import sys; sys.modules['joblib'] = None\n"
         "import nbparallel\n"
@@ -195,13 +195,7 @@ def test_without_joblib_nothing_fails_to_import_and_configure_says_what_to_insta
         "try:\n    nbparallel.parallel.configure(joblib=True)\n"
         "except nbparallel.OptionError as e:\n    print(e)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    done = run_script(code, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "[1, 2]"
     assert 'pip install "nbparallel[joblib]"' in done.stdout
@@ -209,7 +203,7 @@ def test_without_joblib_nothing_fails_to_import_and_configure_says_what_to_insta
 
 @pytest.mark.parametrize("joblib_first", [False, True], ids=["nbparallel-first", "joblib-first"])
 def test_the_backend_is_there_whichever_is_imported_first_and_nbparallel_does_not_import_joblib(
-    joblib_first,
+    joblib_first, tmp_path
 ):
     """`import nbparallel` alone does not import joblib (0.1 s and NumPy at every start); the
     backend is registered the moment joblib is imported, before or after nbparallel."""
@@ -222,13 +216,7 @@ def test_the_backend_is_there_whichever_is_imported_first_and_nbparallel_does_no
         "with parallel_config(backend='nbparallel'):\n"
         "    print(Parallel(n_jobs=2)(delayed(abs)(-n) for n in range(3)))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    done = run_script(code, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [str(joblib_first), "[0, 1, 2]"]
 
