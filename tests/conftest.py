@@ -170,3 +170,18 @@ def run_script(
         env=env,
         **kwargs,
     )
+
+
+def counting_shared_files(monkeypatch) -> list[int]:
+    """Count the shared files this process creates from now on (one entry each)."""
+    from nbparallel import transport
+
+    created: list[int] = []
+    original = transport._anonymous_file
+
+    def counted() -> int:
+        created.append(1)
+        return original()
+
+    monkeypatch.setattr(transport, "_anonymous_file", counted)
+    return created

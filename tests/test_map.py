@@ -14,7 +14,7 @@ import pytest
 
 from nbparallel import crossmemory, parallel, transport
 
-from .conftest import wait_until
+from .conftest import counting_shared_files, wait_until
 
 pytestmark = pytest.mark.usefixtures("quiet_progress")
 
@@ -304,21 +304,6 @@ def test_a_module_of_the_users_own_is_imported_by_name_in_workers(session, tmp_p
 
     assert session.map(lambda x: nbp_helpers.scale(x), [1, 2]) == [3, 6]
     monkeypatch.delitem(sys.modules, "nbp_helpers")
-
-
-def counting_shared_files(monkeypatch) -> list[int]:
-    """Count the shared files this process creates from now on (one entry each)."""
-    from nbparallel import transport
-
-    created: list[int] = []
-    original = transport._anonymous_file
-
-    def counted() -> int:
-        created.append(1)
-        return original()
-
-    monkeypatch.setattr(transport, "_anonymous_file", counted)
-    return created
 
 
 @pytest.mark.skipif(

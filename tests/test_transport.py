@@ -16,6 +16,8 @@ from multiprocess.connection import Connection
 
 from nbparallel import crossmemory, messages, transport
 
+from .conftest import counting_shared_files
+
 BIG = transport.SHARE_ABOVE + 4097  # above the threshold, and not a whole number of pages
 needs_lending = pytest.mark.skipif(
     not crossmemory.allow_children_to_read(), reason="process_vm_readv cannot read memory here"
@@ -68,19 +70,6 @@ def run_task(frames: list) -> messages.RunTask:
 
 def open_fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def counting_shared_files(monkeypatch) -> list[int]:
-    """Count the shared files this process creates from now on (one entry each)."""
-    created: list[int] = []
-    original = transport._anonymous_file
-
-    def counted() -> int:
-        created.append(1)
-        return original()
-
-    monkeypatch.setattr(transport, "_anonymous_file", counted)
-    return created
 
 
 def test_a_message_without_frames_arrives_equal(pair, receiver):
