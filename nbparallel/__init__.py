@@ -5,16 +5,19 @@
 
 Functions, lambdas and closures defined in a notebook (or a script, with no `__main__` guard)
 run on a persistent pool of worker processes that never outlives its kernel.
+
+The front end (`parallel` and what it needs: pools, calls, progress) is imported on first use,
+not with the package: a worker process imports `nbparallel.worker`, and with it only the modules
+that run tasks, so it starts in half the time. In a running kernel the package starts the pool
+at once, in the background (see `prestart`).
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .api import Parallel, ParallelFunction, PoolStatus
-from .background import MapHandle
+from . import prestart
 from .errors import (
     ClusterStartError,
     NbParallelError,
@@ -28,7 +31,10 @@ from .errors import (
 )
 from .options import Options
 from .slots import report_progress as progress
-from .when_imported import when_imported
+
+if TYPE_CHECKING:  # imported on first use, by __getattr__; type checkers see them here
+    from .api import Parallel, ParallelFunction, PoolStatus, parallel
+    from .background import MapHandle
 
 __all__ = [
     "ClusterStartError",
@@ -50,8 +56,29 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-parallel = Parallel()
-atexit.register(parallel.shutdown)
+_FRONT_END = {
+    "parallel": "api",
+    "Parallel": "api",
+    "ParallelFunction": "api",
+    "PoolStatus": "api",
+    "MapHandle": "background",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """`parallel`, `Parallel`, ...: the front end, imported on first use (PEP 562)."""
+    module = _FRONT_END.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbparallel' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def _register_joblib_backend(joblib: Any = None) -> None:
@@ -62,13 +89,21 @@ def _register_joblib_backend(joblib: Any = None) -> None:
 
 # `joblib.parallel_config(backend="nbparallel")` works wherever joblib is imported, before or
 # after nbparallel; not in workers (nested joblib calls there run sequentially).
+# (Its import hook is not needed in a worker either: it costs a worker a tenth of its imports.)
 if os.environ.get("NBPARALLEL_WORKER") != "1":
+    from .when_imported import when_imported
+
     when_imported("joblib", _register_joblib_backend)
+
+if prestart.in_a_kernel():
+    prestart.start_pool()
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """`%load_ext nbparallel`: the magics, `parallel` in the namespace, and a sweep of orphans."""
+    """`%load_ext nbparallel`: the magics, `parallel` in the namespace, a sweep of orphans, and
+    the pool started in the background, so that the first call finds its workers ready."""
     from . import lifecycle
+    from .api import parallel
     from .magics import ParallelMagics
 
     ipython.register_magics(ParallelMagics(ipython, parallel))
@@ -79,10 +114,13 @@ def load_ipython_extension(ipython: Any) -> None:
             f"nbparallel: stopped {stopped} worker process{'es' if stopped > 1 else ''} left "
             f"behind by a kernel that is gone"
         )
+    prestart.start_pool()
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """`%unload_ext nbparallel`: remove the magics and `parallel`, and stop the workers."""
+    from .api import parallel
+
     magics = ipython.magics_manager.magics
     for kind in ("line", "cell"):
         magics[kind].pop("parallel", None)

@@ -6,6 +6,7 @@ every call), and hands each call to `calls`.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import queue
@@ -53,8 +54,6 @@ def _parallel_function(func: Callable[..., Any], options: dict[str, Any]) -> Par
 
 def _this_process_session() -> Parallel:
     """`nbparallel.parallel` of the process unpickling: a session sent to a worker means its own."""
-    from . import parallel
-
     return parallel
 
 
@@ -67,6 +66,8 @@ class Parallel:
         self._lock = threading.Lock()
         self._partial: dict[int, Any] = {}
         self._setup_count = 0
+        self._generation = 0  # shutdowns so far: a start in the background asked before one is void
+        self._prestarted: backends.Backend | None = None  # started early, not yet used by a call
 
     # --- session ------------------------------------------------------------------------
 
@@ -87,6 +88,10 @@ class Parallel:
                 if previous.address is not self._options.address
                 else None
             )
+            unused = None
+            if self._prestarted is not None and self._options.backend != "processes":
+                unused, self._prestarted = self._prestarted, None  # no call will use it now
+                self._backends.pop("processes", None)
             backend = self._backends.get(self._options.backend)
             if backend is not None:
                 if backend.size != self._options.worker_count:
@@ -94,17 +99,47 @@ class Parallel:
                 backend.set_limits(
                     self._options.max_tasks_per_worker, self._options.max_worker_memory
                 )
-        if retired is not None:
-            retired.shutdown()
+        for stale in (retired, unused):
+            if stale is not None:
+                stale.shutdown()
         return self._options
 
     @property
     def options(self) -> Options:
         return self._options
 
+    def start_in_background(self) -> None:
+        """Start the session's pool of worker processes now, on a thread of its own, so that the
+        first call finds its workers ready (`%load_ext nbparallel` does this).
+
+        Options set meanwhile or later still hold: a worker count resizes the pool, another
+        backend stops it unused, `shutdown()` stops it (or keeps it from starting).
+        """
+        with self._lock:
+            generation = self._generation
+        threading.Thread(
+            target=self._start_pool, args=(generation,), name="nbparallel-prestart", daemon=True
+        ).start()
+
+    def _start_pool(self, generation: int) -> None:
+        # Under the session's lock, so that a configure() or a call issued meanwhile waits for the
+        # workers to be launched (not for them to boot), then applies to this pool.
+        with self._lock:
+            if (
+                generation != self._generation
+                or self._options.backend != "processes"
+                or "processes" in self._backends
+            ):
+                return
+            self._prestarted = self._backends["processes"] = backends.start_process_pool(
+                self._options
+            )
+
     def _get_backend(self, options: Options) -> backends.Backend:
         with self._lock:
             backend = self._backends.get(options.backend)
+            if backend is self._prestarted:
+                self._prestarted = None
             if backend is None:
                 backend = self._backends[options.backend] = backends.create(
                     dataclasses.replace(
@@ -158,6 +193,8 @@ class Parallel:
         """
         with self._lock:
             stopping, self._backends = list(self._backends.values()), {}
+            self._generation += 1
+            self._prestarted = None
         for backend in stopping:
             backend.shutdown()
 
@@ -303,3 +340,8 @@ class PoolStatus:
                 f"{w.pid:>7}  {w.state:<8} {w.tasks_done:>6}  {w.memory_rss / 2**20:6.1f} MiB"
             )
         return "\n".join(lines)
+
+
+parallel = Parallel()
+"""The process's session: `from nbparallel import parallel`."""
+atexit.register(parallel.shutdown)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import tasks
 from ..options import BACKENDS, Options
 
-__all__ = ["BACKENDS", "Backend", "WorkerStatus", "create"]
+if TYPE_CHECKING:
+    from .process import ProcessPool
+
+__all__ = ["BACKENDS", "Backend", "WorkerStatus", "create", "start_process_pool"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +64,7 @@ class Backend(Protocol):
 def create(options: Options) -> Backend:
     """A new backend of the kind `options.backend` names; only that backend's module is imported."""
     if options.backend == "processes":
-        from .process import ProcessPool
-
-        return ProcessPool(
-            options.worker_count, options.max_tasks_per_worker, options.max_worker_memory
-        )
+        return _process_pool(options)
     if options.backend == "threads":
         from .thread import ThreadPool
 
@@ -73,3 +72,17 @@ def create(options: Options) -> Backend:
     from .dask import DaskBackend  # Options allows no other name
 
     return DaskBackend(options.worker_count, options.address)
+
+
+def start_process_pool(options: Options) -> Backend:
+    """A process pool whose workers are launched now, not on its first task; returns once they
+    are launched, before they are ready."""
+    pool = _process_pool(options)
+    pool.start()
+    return pool
+
+
+def _process_pool(options: Options) -> ProcessPool:
+    from .process import ProcessPool
+
+    return ProcessPool(options.worker_count, options.max_tasks_per_worker, options.max_worker_memory)

@@ -82,7 +82,7 @@ class ProcessPool:
             lending = self._lending
         frames = serialize.dump_chunk(chunk.items, chunk.position)
         frames = transport.lend_large(frames) if lending else transport.share_large(frames)
-        self._start()
+        self.start()
         self._share_function(call)
         with self.lock:
             if self.closed:
@@ -125,7 +125,7 @@ class ProcessPool:
 
         Returns the chunks sent now: their events arrive through `call.deliver`.
         """
-        self._start()
+        self.start()
         self._share_function(call)
         with self.lock:
             self._setups.append((call, items))
@@ -283,8 +283,9 @@ class ProcessPool:
             worker.inflight.clear()
         self._wake()
 
-    def _start(self) -> None:
-        """Start the workers and the dispatcher, unless they run already."""
+    def start(self) -> None:
+        """Launch the workers and start the dispatcher, unless they run already (the first task
+        does it, or `backends.start_process_pool`)."""
         if self._dispatcher is not None:
             return
         with self._start_once:
