@@ -81,7 +81,7 @@ def script(rounds: int) -> None:
         if round_:
             for library, value in seconds.items():
                 times[library].append(value)
-    print(f"| library | median s | min-max s | paired ratio to stdlib spawn |")
+    print("| library | median s | min-max s | paired ratio to stdlib spawn |")
     print("| --- | --- | --- | --- |")
     for library in LIBRARIES:
         ratios = [a / b for a, b in zip(times[library], times["stdlib-spawn"], strict=True)]
@@ -131,7 +131,9 @@ def kernel(rounds: int, pause: float) -> None:
             ratios[prestart].append(first / warm)
             warms.append(warm)
     print(f"warm small map (progress widget on), median: {statistics.median(warms) * 1e3:.2f} ms")
-    print("| %load_ext then, after a pause, the first map | first map ms | first / warm (same kernel) |")
+    print(
+        "| %load_ext then, after a pause, the first map | first map ms | first / warm (same kernel) |"
+    )
     print("| --- | --- | --- |")
     for prestart, label in ((True, "pool started by %load_ext"), (False, "NBPARALLEL_PRESTART=0")):
         print(

@@ -108,18 +108,15 @@ class Parallel:
     def options(self) -> Options:
         return self._options
 
-    def start_in_background(self) -> None:
-        """Start the session's pool of worker processes now, on a thread of its own, so that the
-        first call finds its workers ready (`%load_ext nbparallel` does this).
+    def pool_starter(self) -> Callable[[], None]:
+        """A function that starts the session's pool of worker processes, for `prestart` to run
+        on a thread of its own so that the first call finds its workers ready.
 
         Options set meanwhile or later still hold: a worker count resizes the pool, another
-        backend stops it unused, `shutdown()` stops it (or keeps it from starting).
+        backend stops it unused; after a `shutdown()` in between, it starts nothing.
         """
         with self._lock:
-            generation = self._generation
-        threading.Thread(
-            target=self._start_pool, args=(generation,), name="nbparallel-prestart", daemon=True
-        ).start()
+            return functools.partial(self._start_pool, self._generation)
 
     def _start_pool(self, generation: int) -> None:
         # Under the session's lock, so that a configure() or a call issued meanwhile waits for the

@@ -23,16 +23,31 @@ _WORKER_COLOURS = {"idle": "#57606a", "busy": "#0969da", "stopping": "#9a6700", 
 
 
 _SHARED: dict[str, widgets.Widget] = {}
+_SHARED_MAKERS: dict[str, Callable[[], widgets.Widget]] = {
+    "box": lambda: widgets.Layout(flex_flow="row wrap", align_items="center"),
+    "bar style": lambda: ProgressStyle(description_width="initial"),
+    "bar": lambda: widgets.Layout(flex="1 1 auto", min_width="12em"),
+    "text style": HTMLStyle,
+    "numbers": lambda: widgets.Layout(margin="0 0 0 8px"),
+    "worker row": lambda: widgets.Layout(width="100%"),
+}
 
 
-def _shared(name: str, make: Callable[[], widgets.Widget]) -> Any:
+def _shared(name: str) -> Any:
     """One layout or style model for every bar of this kernel, made again if it was closed
     (`Widget.close_all()`). Each model costs the kernel about half a millisecond to build and
     send; five of them per bar were more than a 20 ms call can afford."""
     model = _SHARED.get(name)
     if model is None or model.comm is None:
-        model = _SHARED[name] = make()
+        model = _SHARED[name] = _SHARED_MAKERS[name]()
     return model
+
+
+def build_shared_models() -> None:
+    """Build the shared models now, before the first bar (see `prestart`): it then costs what
+    the next ones do."""
+    for name in _SHARED_MAKERS:
+        _shared(name)
 
 
 class ProgressBox(widgets.Box):
@@ -41,7 +56,7 @@ class ProgressBox(widgets.Box):
     def __init__(self, children: list[Any], text: str) -> None:
         # One flex box that wraps: the bar and its numbers on a line, the worker row below.
         # Few widgets on purpose: each is a model the frontend must open before the call starts.
-        layout = _shared("box", lambda: widgets.Layout(flex_flow="row wrap", align_items="center"))
+        layout = _shared("box")
         super().__init__(children, layout=layout)
         self.add_class("nbparallel-progress")
         self._text = text
@@ -61,13 +76,13 @@ class WidgetView:
             min=0.0,
             max=float(start.total or 1),
             description=start.name,
-            style=_shared("bar style", lambda: ProgressStyle(description_width="initial")),
-            layout=_shared("bar", lambda: widgets.Layout(flex="1 1 auto", min_width="12em")),
+            style=_shared("bar style"),
+            layout=_shared("bar"),
         )
         self.numbers = widgets.HTML(
             html.escape(start.text()),
-            style=_shared("text style", HTMLStyle),
-            layout=_shared("numbers", lambda: widgets.Layout(margin="0 0 0 8px")),
+            style=_shared("text style"),
+            layout=_shared("numbers"),
         )
         children: list[Any] = [self.bar, self.numbers]
         # The row of workers, and where it learns about them; None without a row.
@@ -75,8 +90,8 @@ class WidgetView:
         if workers is not None:
             row = widgets.HTML(
                 "",
-                style=_shared("text style", HTMLStyle),
-                layout=_shared("worker row", lambda: widgets.Layout(width="100%")),
+                style=_shared("text style"),
+                layout=_shared("worker row"),
             )
             self._worker_row = (row, workers)
             children.append(self._worker_row[0])

@@ -85,4 +85,6 @@ def start_process_pool(options: Options) -> Backend:
 def _process_pool(options: Options) -> ProcessPool:
     from .process import ProcessPool
 
-    return ProcessPool(options.worker_count, options.max_tasks_per_worker, options.max_worker_memory)
+    return ProcessPool(
+        options.worker_count, options.max_tasks_per_worker, options.max_worker_memory
+    )
