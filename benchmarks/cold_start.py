@@ -1,13 +1,15 @@
 """Cold start: a fresh process to its first result, nbparallel beside the stdlib pools; and in a
 real kernel, the first map after `%load_ext nbparallel` beside a warm one.
 
-    python benchmarks/cold_start.py script [--rounds 15]
+    python benchmarks/cold_start.py script [--rounds 15] [--baseline CHECKOUT]
     python benchmarks/cold_start.py kernel [--rounds 5]
 
 `script`: each round runs every library once, each in a fresh interpreter, in an order that
 alternates from round to round; the time is from just before the interpreter is started (in this
 process) to the first result of `map(inc, range(10))` on 2 workers (in the child, on the same
 monotonic clock). Ratios are paired: nbparallel against the stdlib spawn pool of the same round.
+`--baseline` adds nbparallel from another checkout (e.g. the commit before a change), interleaved
+the same way.
 
 `kernel`: each round starts a real kernel through jupyter_client, runs `%load_ext nbparallel` in
 one cell, waits `--pause` seconds (a user writing the next cell), then times inside the kernel a
@@ -36,7 +38,7 @@ def inc(x):
 
 def child(library: str) -> None:
     """In a fresh interpreter: start the library's pool, map once, print the monotonic time."""
-    if library == "nbparallel":
+    if library.startswith("nbparallel"):
         from nbparallel import parallel
 
         parallel.configure(workers=WORKERS, progress=False)
@@ -49,14 +51,18 @@ def child(library: str) -> None:
     done = time.monotonic()
     assert result == list(range(1, 11)), result
     print(json.dumps(done))
-    if library != "nbparallel":
+    if not library.startswith("nbparallel"):
         pool.terminate()
 
 
-def one_start(library: str) -> float:
+def one_start(library: str, baseline: str | None) -> float:
+    env = {**os.environ}
+    if library == "nbparallel-baseline":
+        env["PYTHONPATH"] = str(baseline)
     started = time.monotonic()
     output = subprocess.run(
         [sys.executable, __file__, "child", library],
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -73,22 +79,28 @@ def spread(values: list[float]) -> str:
     )
 
 
-def script(rounds: int) -> None:
-    times: dict[str, list[float]] = {library: [] for library in LIBRARIES}
+def script(rounds: int, baseline: str | None) -> None:
+    libraries = (*LIBRARIES, "nbparallel-baseline") if baseline else LIBRARIES
+    times: dict[str, list[float]] = {library: [] for library in libraries}
     for round_ in range(rounds + 1):  # round 0 warms the file cache and is not counted
-        order = LIBRARIES if round_ % 2 else tuple(reversed(LIBRARIES))
-        seconds = {library: one_start(library) for library in order}
+        order = libraries if round_ % 2 else tuple(reversed(libraries))
+        seconds = {library: one_start(library, baseline) for library in order}
         if round_:
             for library, value in seconds.items():
                 times[library].append(value)
     print("| library | median s | min-max s | paired ratio to stdlib spawn |")
     print("| --- | --- | --- | --- |")
-    for library in LIBRARIES:
+    for library in libraries:
         ratios = [a / b for a, b in zip(times[library], times["stdlib-spawn"], strict=True)]
         print(
             f"| {library} | {statistics.median(times[library]):.3f} | "
             f"{min(times[library]):.3f}-{max(times[library]):.3f} | {spread(ratios)} |"
         )
+    if baseline:
+        ratios = [
+            a / b for a, b in zip(times["nbparallel"], times["nbparallel-baseline"], strict=True)
+        ]
+        print(f"\nnbparallel against the baseline, paired: {spread(ratios)}")
 
 
 TIMED_MAP = (
@@ -148,11 +160,12 @@ def main() -> None:
     parser.add_argument("library", nargs="?")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--pause", type=float, default=1.0)
+    parser.add_argument("--baseline", help="a checkout whose nbparallel runs beside this one")
     args = parser.parse_args()
     if args.mode == "child":
         child(args.library)
     elif args.mode == "script":
-        script(args.rounds)
+        script(args.rounds, args.baseline)
     else:
         kernel(args.rounds, args.pause)
 

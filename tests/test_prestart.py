@@ -26,6 +26,12 @@ def alive(processes) -> set:
     return {p for p in processes if lifecycle.is_running(p)}
 
 
+def load_and_wait(kernel: Kernel) -> set:
+    """`%load_ext nbparallel` and no call: the workers that then appear by themselves."""
+    kernel.ok("%load_ext nbparallel")
+    return wait_until(kernel.workers, timeout=WAIT_SECONDS)
+
+
 def exactly(kernel: Kernel, count: int):
     """The kernel's workers if there are `count` of them now, else None (for wait_until)."""
     workers = kernel.workers()
@@ -34,8 +40,7 @@ def exactly(kernel: Kernel, count: int):
 
 @pytest.mark.kernel
 def test_load_ext_starts_the_workers_and_the_first_cell_runs_on_those_same_workers(kernel):
-    kernel.ok("%load_ext nbparallel")
-    prestarted = wait_until(kernel.workers, timeout=WAIT_SECONDS)
+    prestarted = load_and_wait(kernel)
     kernel.ok("import os\nparallel.configure(progress=False)")
     kernel.ok("%%parallel for n in range(20) -> pids --chunksize 1\nos.getpid()")
     pids = set(kernel.value("pids"))
@@ -69,8 +74,7 @@ def test_configure_right_after_load_sets_the_number_of_workers(kernel, same_cell
 
 @pytest.mark.kernel
 def test_choosing_another_backend_right_after_load_stops_the_prestarted_workers(kernel):
-    kernel.ok("%load_ext nbparallel")
-    prestarted = wait_until(kernel.workers, timeout=WAIT_SECONDS)
+    prestarted = load_and_wait(kernel)
     kernel.ok("parallel.configure(backend='threads', progress=False)")
     wait_until(lambda: not alive(prestarted), timeout=10)
     kernel.ok("import threading")
@@ -81,16 +85,14 @@ def test_choosing_another_backend_right_after_load_stops_the_prestarted_workers(
 
 @pytest.mark.kernel
 def test_unload_ext_stops_the_prestarted_workers(kernel):
-    kernel.ok("%load_ext nbparallel")
-    prestarted = wait_until(kernel.workers, timeout=WAIT_SECONDS)
+    prestarted = load_and_wait(kernel)
     kernel.ok("%unload_ext nbparallel")
     wait_until(lambda: not alive(prestarted), timeout=10)
 
 
 @pytest.mark.kernel
 def test_prestarted_workers_are_recorded_and_go_with_the_kernel(kernel):
-    kernel.ok("%load_ext nbparallel")
-    prestarted = wait_until(kernel.workers, timeout=WAIT_SECONDS)
+    prestarted = load_and_wait(kernel)
 
     def recorded() -> set:
         found = set()
