@@ -8,8 +8,8 @@ run on a persistent pool of worker processes that never outlives its kernel.
 
 The front end (`parallel` and what it needs: pools, calls, progress) is imported on first use,
 not with the package: a worker process imports `nbparallel.worker`, and with it only the modules
-that run tasks, so it starts in half the time. In a running kernel the package starts the pool
-at once, in the background (see `prestart`).
+that run tasks. In a running kernel the package starts the pool at once, in the background (see
+`prestart`).
 """
 
 from __future__ import annotations
