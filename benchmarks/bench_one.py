@@ -211,6 +211,24 @@ class Mpire(Library):
         self.pool.terminate()
 
 
+class MpirePerMap(Mpire):
+    """A fresh MPIRE pool per map, as its README shows (`with WorkerPool(...) as pool`): forked
+    at each call, so the workers see the notebook's globals as they are now. A kept pool
+    (`keep_alive=True`, the `mpire` row) keeps the globals of the moment it forked: stale."""
+
+    def __init__(self):
+        from mpire import WorkerPool
+
+        self.pool_class = WorkerPool
+
+    def map(self, func, items, chunksize=None):
+        with self.pool_class(n_jobs=WORKERS, use_dill=True) as pool:
+            return pool.map(func, list(items), chunk_size=chunksize, progress_bar=False)
+
+    def close(self):
+        pass
+
+
 class Pathos(Library):
     def __init__(self):
         from pathos.pools import ProcessPool
@@ -254,6 +272,7 @@ LIBRARIES = {
     "futures": Futures,
     "joblib": Joblib,
     "mpire": Mpire,
+    "mpire-per-map": MpirePerMap,
     "pathos": Pathos,
     "dask": Dask,
     "nbparallel+progress": lambda: NbParallel(progress=True),
@@ -344,12 +363,30 @@ def workload(name, lib, repeats):
         assert sum(lib.map(slice_sum, parts, chunksize=1)) == 50_000_000
         return times, extra
     if name == "big-global":
+        # times: calls with the array unchanged. Extras: the first call after it is assigned
+        # (in a pool that has not used NumPy yet), calls after one element changed in place,
+        # and the first call over a new array in a pool that has.
         lib.map(inc, range(2))  # the pool starts before the global exists, as in a notebook
         BIG = numpy.ones(50_000_000)
-        result = lib.map(global_slice_sum, range(8), chunksize=1)
-        if sum(result) != 50_000_000:
-            raise AssertionError(f"wrong result {sum(result)}: the workers saw a stale global")
-        return timed(lambda: lib.map(global_slice_sum, range(8), chunksize=1), repeats), extra
+
+        def checked_call(expected):
+            started = time.perf_counter()
+            total = sum(lib.map(global_slice_sum, range(8), chunksize=1))
+            seconds = time.perf_counter() - started
+            if total != expected:
+                raise AssertionError(f"wrong result {total}: the workers saw a stale global")
+            return seconds
+
+        extra["first_call_s"] = checked_call(50_000_000)
+        times = [checked_call(50_000_000) for _ in range(repeats)]
+        changed = []
+        for n in range(1, 4):
+            BIG[n] = 2.0
+            changed.append(checked_call(50_000_000 + n))
+        extra["changed_call_s"] = statistics.median(changed)
+        BIG = numpy.full(50_000_000, 2.0)
+        extra["new_array_call_s"] = checked_call(100_000_000)
+        return times, extra
     if name == "heavy-closure":
         lib.map(inc, range(2))
         table = {f"key-{i}": i for i in range(600_000)}  # about 50 MB
@@ -389,6 +426,18 @@ def tree_rss_mb():
     return total / 2**20
 
 
+def shmem_mb():
+    """The machine's shared memory in use (Linux /proc/meminfo), 0 elsewhere."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("Shmem:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _tree_pids():
     """This process and its descendants. Sampled every 20 ms during a workload, so it must be
     cheap: psutil finds children by reading every process of the machine (0.9 ms here, with the
@@ -414,11 +463,14 @@ def _tree_pids():
 def main():
     library, name, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
     peak = [0.0]
+    shmem_start = shmem_mb()
+    shmem_peak = [shmem_start]
     stop = threading.Event()
 
     def sample():
         while not stop.wait(0.02):
             peak[0] = max(peak[0], tree_rss_mb())
+            shmem_peak[0] = max(shmem_peak[0], shmem_mb())
 
     threading.Thread(target=sample, daemon=True).start()
     try:
@@ -429,6 +481,9 @@ def main():
             "times": times,
             "median": statistics.median(times),
             "peak_mb": peak[0],
+            # Shared memory of the whole machine (not in any RSS until mapped): its growth
+            # during the run, where a library's shared copies of data live.
+            "shmem_growth_mb": shmem_peak[0] - shmem_start,
             "extra": extra,
         }
     except BaseException as error:  # a library that cannot run a workload is shown failing

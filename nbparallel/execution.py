@@ -38,8 +38,8 @@ class FunctionCache:
     def add(self, digest: bytes, frames: list[Any]) -> None:
         """Keep a function as it arrived (frames); it is loaded when a task first needs it."""
         if serialize.holds_large_data(digest):
-            # Such a function is never sent again (its digest is unique to its call): keep only
-            # the newest, so that old calls' arrays do not stay mapped in every worker.
+            # Keep only the newest, so that old versions of an array do not stay mapped in every
+            # worker; one sent again, the pool sends again when this worker says it is missing.
             for old in [d for d in self._entries if serialize.holds_large_data(d)]:
                 del self._entries[old]
         self._entries[digest] = frames

@@ -9,7 +9,8 @@ band) follow it, each as a message of its own, received straight into a buffer. 
   could not (an `Unreadable` frame) so that the sender shares it instead;
 - `share_large` (functions, which every worker keeps, and results): the frame is written once
   into an anonymous shared file (a `SharedFrame`) whose descriptor is passed along
-  (SCM_RIGHTS), however many workers it goes to, and the receiver maps it copy-on-write.
+  (SCM_RIGHTS), however many workers it goes to, and the receiver maps it copy-on-write. A
+  function's frames sent again unchanged reuse their files (`SharedCopies`).
 
 Nothing can leak: the file has no name, and its memory is freed when the last descriptor and
 mapping are gone; a lent frame is the sender's own memory, held while the sender needs it.
@@ -29,7 +30,9 @@ import pickle
 import socket
 import sys
 import tempfile
+import threading
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from . import crossmemory
@@ -102,6 +105,41 @@ def share_large(frames: list[Any]) -> list[Any]:
     if not SHARES_FILES:
         return frames
     return [_shared(f) if _large(f) else f for f in frames]
+
+
+class SharedCopies:
+    """The shared files of the latest function shared, by content key: a function sent again
+    over the same bytes (a global array not changed since) is given the same files, with no
+    copy, and its workers, which cache it by digest, read nothing again.
+
+    Only the latest function's files are kept, as a worker keeps only its newest function with
+    large data: a copy superseded is closed as soon as no call still being sent holds it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: dict[bytes, SharedFrame] = {}
+
+    def share(self, frames: list[Any], keys: Sequence[bytes | None]) -> list[Any]:
+        """`frames` as `share_large` makes them, reusing the files of frames with the same key."""
+        with self._lock:
+            latest = self._latest
+        keyed = [(frame, keys[i] if i < len(keys) else None) for i, frame in enumerate(frames)]
+        shared = [latest[key] if key in latest else share_large([frame])[0] for frame, key in keyed]
+        kept = {
+            key: frame
+            for (_, key), frame in zip(keyed, shared, strict=True)
+            if key is not None and isinstance(frame, SharedFrame)
+        }
+        if kept:  # a call with nothing shared (a small function) leaves the latest in place
+            with self._lock:
+                self._latest = kept
+        return shared
+
+    def clear(self) -> None:
+        """Let the files go (closed once no call being sent holds them): the pool is shut down."""
+        with self._lock:
+            self._latest = {}
 
 
 def _shared(frame: Any) -> Any:

@@ -185,3 +185,21 @@ def counting_shared_files(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(transport, "_anonymous_file", counted)
     return created
+
+
+def shared_files(pid: int) -> tuple[set[int], set[int]]:
+    """The nbparallel shared files process `pid` holds open, and those it maps (Linux /proc)."""
+    proc = Path(f"/proc/{pid}")
+    opened = set()
+    for fd in (proc / "fd").iterdir():
+        try:
+            if "nbparallel-frame" in os.readlink(fd):
+                opened.add(fd.stat().st_ino)
+        except FileNotFoundError:  # closed meanwhile (the listing's own descriptor, say)
+            continue
+    mapped = {
+        int(line.split()[4])
+        for line in (proc / "maps").read_text().splitlines()
+        if "nbparallel-frame" in line
+    }
+    return opened, mapped

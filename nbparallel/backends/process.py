@@ -53,10 +53,12 @@ class ProcessPool:
         self._limits = messages.Limits(max_tasks_per_worker, max_worker_memory)
         self._pending: collections.deque[Task] = collections.deque()
         self._setups: list[tuple[tasks.Call, list[Any]]] = []  # replayed on every new worker
-        # A call's function as sent to workers, its large frames shared once per call.
+        # A call's function as sent to workers, its large frames shared once per call, or not
+        # at all when they are those of the latest call, unchanged.
         self._shared_functions: weakref.WeakKeyDictionary[tasks.Call, list[Any]] = (
             weakref.WeakKeyDictionary()
         )
+        self._shared_copies = transport.SharedCopies()
         # Large items stay in this process, and each worker copies those it runs (in parallel,
         # no copy here); off where workers cannot read this process's memory, or one said so.
         self._lending = crossmemory.allow_children_to_read()
@@ -199,6 +201,7 @@ class ProcessPool:
                 return
             self.closed = True
             self._forget_kernel_hook()
+            self._shared_copies.clear()
             lost = list(self._pending)
             self._pending.clear()
             workers = list(self.workers.values())
@@ -344,7 +347,7 @@ class ProcessPool:
         with self.lock:
             if call in self._shared_functions:
                 return
-        shared = transport.share_large(call.payload.frames)
+        shared = self._shared_copies.share(call.payload.frames, call.payload.frame_keys)
         with self.lock:
             self._shared_functions.setdefault(call, shared)
 
