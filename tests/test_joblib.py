@@ -53,6 +53,12 @@ def test_a_value_changed_between_two_joblib_calls_is_seen_by_the_next(on_nbparal
     assert Parallel(n_jobs=2)(delayed(add)(x) for x in range(300)) == [x + 100 for x in range(300)]
 
 
+def test_the_older_parallel_backend_spelling_runs_on_the_pool():
+    with joblib.parallel_backend("nbparallel"):
+        pids = set(Parallel(n_jobs=2, batch_size=1)(delayed(os.getpid)() for _ in range(6)))
+    assert pids <= pool_pids() and os.getpid() not in pids
+
+
 def test_workers_are_the_same_warm_workers_as_parallel_map(on_nbparallel):
     map_pids = set(parallel.map(lambda _: os.getpid(), range(8), chunksize=1))
     joblib_pids = set(Parallel(n_jobs=-1, batch_size=1)(delayed(os.getpid)() for _ in range(8)))
