@@ -4,10 +4,10 @@
 
 Three workloads: `cross_val_score` of a random forest with cv=8, a 12-point `GridSearchCV`
 (SVC, cv=3: 36 fits), and `Parallel(n_jobs=2)(delayed(f)(x) ...)` over 10,000 tiny items with a
-lambda defined in `__main__` (as in a notebook). Each backend runs each workload in a fresh
-interpreter, ROUNDS times, the backends alternating (the machine is shared: both see the same
-load): "cold" is the median of the first calls there (they start the workers), "warm" the median
-of the REPEATS calls after each.
+lambda defined in `__main__` (as in a notebook). Each round runs a workload in a fresh
+interpreter on loky, then in another on nbparallel; the ratios are paired per round (the machine
+is shared and its load drifts: a pair sees the same load). "Cold" is the first call (it starts
+the workers), "warm" the median of the REPEATS calls after it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 BACKENDS = ("loky", "nbparallel")
 WORKLOADS = ("cross_val_score", "grid_search", "tiny_items")
 REPEATS = 5
-ROUNDS = 3
+ROUNDS = 5
 
 
 def workload(name: str):
@@ -80,11 +80,17 @@ def target_lines(ratios: dict[str, tuple[float, float]]) -> list[str]:
     return lines
 
 
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+
 def main() -> None:
     rows, ratios = [], {}
     for name in WORKLOADS:
-        found: dict[str, list[list[float]]] = {backend: [] for backend in BACKENDS}
-        for _ in range(ROUNDS):
+        cold_ratios, warm_ratios = [], []
+        seconds: dict[str, list[float]] = {backend: [] for backend in BACKENDS}
+        for _ in range(ROUNDS):  # a pair of fresh interpreters, loky then nbparallel, per round
+            round_times = {}
             for backend in BACKENDS:
                 done = subprocess.run(
                     [sys.executable, __file__, "measure", backend, name],
@@ -93,14 +99,16 @@ def main() -> None:
                     timeout=600,
                     check=True,
                 )
-                found[backend].append(json.loads(done.stdout.splitlines()[-1]))
-        loky, ours = found["loky"], found["nbparallel"]
-        cold = tuple(statistics.median(run[0] for run in runs) for runs in (loky, ours))
-        warm = tuple(statistics.median(t for run in runs for t in run[1:]) for runs in (loky, ours))
-        ratios[name] = (cold[1] / cold[0], warm[1] / warm[0])
+                round_times[backend] = json.loads(done.stdout.splitlines()[-1])
+                seconds[backend].append(round_times[backend][0])
+            loky, ours = round_times["loky"], round_times["nbparallel"]
+            cold_ratios.append(ours[0] / loky[0])
+            warm_ratios.append(statistics.median(ours[1:]) / statistics.median(loky[1:]))
+        ratios[name] = (statistics.median(cold_ratios), statistics.median(warm_ratios))
         rows.append(
-            f"| {name} | {cold[0]:.3f} | {cold[1]:.3f} | {cold[1] / cold[0]:.2f}x "
-            f"| {warm[0]:.3f} | {warm[1]:.3f} | {warm[1] / warm[0]:.2f}x |"
+            f"| {name} | {statistics.median(seconds['loky']):.3f} "
+            f"| {statistics.median(seconds['nbparallel']):.3f} | {spread(cold_ratios)} "
+            f"| {spread(warm_ratios)} |"
         )
         print(rows[-1], flush=True)
     import joblib
@@ -110,13 +118,14 @@ def main() -> None:
         [
             "# scikit-learn and joblib: the nbparallel backend beside loky",
             "",
-            f"Each backend and workload in a fresh interpreter, {ROUNDS} times, alternating: cold "
-            f"is the median of the first calls (workers start), warm the median of the {REPEATS} "
-            "calls after each. Ratio: nbparallel / loky (below 1.00x: nbparallel faster).",
+            f"{ROUNDS} rounds; in each, every workload runs in a fresh interpreter with loky, then "
+            "in another with nbparallel (the machine is shared: a pair sees the same load). Per "
+            f"round, cold ratio = nbparallel's first call / loky's (workers start), warm ratio = "
+            f"the medians of the {REPEATS} calls after it. Shown: the median of the paired ratios "
+            "(min-max over rounds); below 1.00x nbparallel is faster.",
             "",
-            "| workload | loky cold s | nbparallel cold s | cold ratio | loky warm s "
-            "| nbparallel warm s | warm ratio |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| workload | loky cold s | nbparallel cold s | cold ratio | warm ratio |",
+            "| --- | --- | --- | --- | --- |",
             *rows,
             "",
             "Targets (issue 19): " + "; ".join(target_lines(ratios)) + ".",
@@ -125,9 +134,9 @@ def main() -> None:
             "12 points, cv=3; tiny_items: `Parallel(n_jobs=2)` over 10,000 `x + offset` with a "
             "`__main__` lambda.",
             "",
-            f"Command: `python benchmarks/joblib_backend.py` (Python {platform.python_version()}, "
-            f"joblib {joblib.__version__}, scikit-learn {sklearn.__version__}, this machine: "
-            "2 cores, shared with other runs).",
+            f"Command: `python benchmarks/joblib_backend.py` ({time.strftime('%Y-%m-%d')}, Python "
+            f"{platform.python_version()}, joblib {joblib.__version__}, scikit-learn "
+            f"{sklearn.__version__}, this machine: 2 cores, shared with other runs).",
             "",
         ]
     )

@@ -175,6 +175,7 @@ class Submitter:
         check_function(func)
         new_call = _new_call(backend, func, "apply", dataclasses.replace(options, errors="raise"))
         self._futures: dict[int, Future[Any]] = {}
+        self._backend = backend
         self._tracker = Tracker(backend, new_call(self._deliver, max_workers), "raise", 0)
 
     def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
@@ -201,6 +202,10 @@ class Submitter:
             return
         if finished is not None and future.set_running_or_notify_cancel():
             future.set_result(finished.results[0])
+
+    def running_items(self) -> float:
+        """How many items' worth of the running tasks is done (what their workers reported)."""
+        return self._backend.running_items(self._tracker.call)
 
     def cancel(self) -> None:
         """Stop the call: queued tasks never start, running ones are stopped at once."""

@@ -6,21 +6,28 @@ Data flow::
         ^                                        |   (one nbparallel call per joblib call,
         +---- callback(future) <-- done ---------+    on at most n_jobs workers)
 
-Each joblib `Parallel` call is one nbparallel call (`calls.Submitter`) of the module-level
-`run_batch`, and each batch joblib makes is one of its tasks, with joblib's `BatchedCalls` as its
-argument: it goes through `serialize.dumps` (the C pickler, with notebook functions and lambdas
-inside `delayed(...)` by value with dill). One call, so the function is sent once, a fast worker
+Each joblib `Parallel` call is one nbparallel call (`calls.Submitter`), and each batch joblib
+makes is one of its tasks. The call's function is `run_batch` bound to the function of joblib's
+first task (for `Parallel(...)(delayed(f)(x) ...)`, `f`): serialized once per joblib call, by
+value with dill if the notebook defined it, and kept by the workers; a batch carries only its
+tasks' arguments (and the function of any task that has another one). One call, so a fast worker
 has its next batch queued behind the running one, and one cancel stops them all; everything else
 (warm workers, errors as the user's own type, Stop, workers that never outlive the kernel) is the
-pool's own. One progress bar per joblib call, advanced by each batch's size.
+pool's own. In the worker a batch runs with BLAS/OpenMP threads limited as loky limits them
+(`thread_limits`) and nested joblib calls sequential. One progress bar per joblib call counts
+joblib's tasks, within a batch too (the worker reports each task done through its slot), and
+shows the total once joblib knows it.
 
 Only imported where joblib is installed (`nbparallel/__init__.py` registers it then).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -33,7 +40,7 @@ from joblib._parallel_backends import (
     ThreadingBackend,
 )
 
-from . import calls, errors, serialize
+from . import calls, errors, serialize, slots, thread_limits
 from .progressbar import Progress
 
 NAME = "nbparallel"
@@ -53,42 +60,35 @@ def register(make_default: bool | None = None) -> None:
             joblib_parallel.DEFAULT_BACKEND = "loky"
 
 
-def run_batch(batch: Any, first: int) -> list[Any]:
-    """In a worker: run joblib's batch of tasks; a failing task's exception names it.
+def run_batch(
+    function: Any, nesting_level: int, limits: dict[str, int], tasks: list[Any], first: int
+) -> list[Any]:
+    """In a worker: run a batch of joblib tasks, (func, args, kwargs) each, func None for the
+    call's `function`; a failing task's exception names it (`first` is the first one's index).
 
-    Nested joblib calls inside a task run sequentially (the batch's nested backend): the pool
-    already has a worker per CPU.
+    BLAS/OpenMP threads are limited to `limits` meanwhile, and nested joblib calls run
+    sequentially (as joblib's own batches run them): the pool already has a worker per CPU.
     """
-    with joblib.parallel_config(backend=batch._backend, n_jobs=batch._n_jobs):
+    nested = SequentialBackend(nesting_level=nesting_level)
+    with thread_limits.limited(limits), joblib.parallel_config(backend=nested, n_jobs=None):
         results = []
-        for offset, (func, args, kwargs) in enumerate(batch.items):
+        for offset, (func, args, kwargs) in enumerate(tasks):
+            slots.report_items_done(offset)
+            task = function if func is None else func
             try:
-                results.append(func(*args, **kwargs))
+                results.append(task(*args, **kwargs))
             except Exception as error:
                 if hasattr(error, "add_note"):
-                    error.add_note(errors.joblib_task_note(os.getpid(), first + offset, func, args))
+                    error.add_note(errors.joblib_task_note(os.getpid(), first + offset, task, args))
                 raise
         return results
-
-
-class _SentOnce:
-    """A notebook function of one joblib call, serialized (by value, with dill) once for all its
-    batches, as loky keeps one pickle per call; a worker unpickles the function itself."""
-
-    __slots__ = ("reduction",)
-
-    def __init__(self, reduction: tuple[Any, ...]) -> None:
-        self.reduction = reduction
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return self.reduction
 
 
 class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
     """A joblib backend whose batches run on `nbparallel.parallel`'s pool."""
 
     supports_retrieve_callback = True  # hence generators and timeout= too (joblib's own checks)
-    supports_inner_max_num_threads = False
+    supports_inner_max_num_threads = True  # parallel_config(inner_max_num_threads=N)
     supports_sharedmem = False
     uses_threads = False
     default_n_jobs = 1  # joblib's meaning of n_jobs=None: one task at a time, unless configured
@@ -98,8 +98,10 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         self._lock = threading.Lock()
         self._jobs = 1  # workers a call may use at once (joblib's n_jobs, at most the pool's)
         self._submitter: calls.Submitter | None = None  # the joblib call's one nbparallel call
-        self._sent: dict[int, tuple[Any, Any]] = {}  # id(function) -> (function, what is sent)
+        self._function: Any = None  # the call's function: tasks that have it do not carry it
+        self._limits: dict[str, int] = {}  # threads per API inside a task (thread_limits)
         self._progress: Progress | None = None
+        self._retrieving = False  # joblib waits for results: it dispatched what it had
         self._failed = 0
         self._redrawing = threading.Event()
 
@@ -130,6 +132,14 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
         self.parallel = parallel
         self._jobs = n_jobs
+        # Threads in one process share the libraries: limits are for worker processes only.
+        self._limits = (
+            {}
+            if _session().options.backend == "thread"
+            else thread_limits.per_task(
+                n_jobs, joblib.cpu_count(), self.inner_max_num_threads, os.environ
+            )
+        )
         return n_jobs
 
     def get_nested_backend(self) -> tuple[Any, int | None]:
@@ -141,11 +151,16 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         """A joblib Parallel call starts: its progress bar (the total, if joblib knows it), and a
         thread that redraws it (joblib's own loop never calls us while it waits)."""
         session = _session()
+        options = session.options
         with self._lock:
             self._failed = 0
-            self._sent = {}  # a global changed between two joblib calls is seen by the next
+            self._function, self._retrieving = None, False
             self._progress = progress = Progress(
-                getattr(self.parallel, "n_tasks", None), session.options.progress, "joblib"
+                getattr(self.parallel, "n_tasks", None),
+                options.progress,
+                "joblib",
+                running=self._running_tasks,
+                workers=(lambda: session.status().workers) if options.show_workers else None,
             )
         if progress.redraw_seconds is not None:
             self._redrawing = threading.Event()
@@ -156,11 +171,28 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
                 daemon=True,
             ).start()
 
+    @contextlib.contextmanager
+    def retrieval_context(self) -> Iterator[None]:
+        """joblib waits for results from here on: it has dispatched what it could so far."""
+        self._retrieving = True
+        yield
+
+    def _running_tasks(self) -> float:
+        submitter = self._submitter
+        return submitter.running_items() if submitter is not None else 0.0
+
+    def _learn_total(self, progress: Progress) -> None:
+        """A generator's length is known once joblib has dispatched it all (under self._lock)."""
+        parallel = self.parallel
+        if progress.total is None and self._retrieving and not getattr(parallel, "_iterating", 1):
+            progress.learn_total(parallel.n_dispatched_tasks)
+
     def _redraw(self, progress: Progress, stopped: threading.Event) -> None:
         while not stopped.wait(progress.redraw_seconds or 0.1):
             with self._lock:
                 if self._progress is not progress:
                     return
+                self._learn_total(progress)
                 progress.redraw()
 
     def stop_call(self) -> None:
@@ -173,6 +205,8 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         if progress is None:
             return
         if not getattr(self.parallel, "_exception", False):
+            with self._lock:
+                self._learn_total(progress)
             progress.close("done")
         else:
             progress.close("failed" if self._failed else "stopped")
@@ -181,34 +215,29 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         """Run a batch (joblib's `BatchedCalls`) on the pool; `callback(future)` when it ends."""
         # joblib counts a batch as dispatched just before submitting it: where its tasks start.
         first = max(getattr(self.parallel, "n_dispatched_tasks", len(func)) - len(func), 0)
-        with self._lock:
-            if self._submitter is None:  # one nbparallel call per joblib call, made on first use
-                self._submitter = _session().submitter(run_batch, self._jobs)
-            submitter = self._submitter
-        # The batch goes to a worker only: its functions may be replaced by what is sent of them.
-        func.items = [(self._sent_once(f), args, kwargs) for f, args, kwargs in func.items]
         try:
-            future = submitter.submit(func, first)
-        except (
-            Exception
-        ) as error:  # an argument that cannot be sent: joblib hears it as the outcome
+            submitter, function = self._call_for(func.items[0][0])
+            tasks = [(None if f is function else f, args, kwargs) for f, args, kwargs in func.items]
+            future = submitter.submit(tasks, first)
+        except Exception as error:  # something that cannot be sent: joblib hears it as the outcome
             future = Future()
             future.set_exception(error)
         size = len(func)
         future.add_done_callback(lambda done: self._finished(done, size, callback))
         return future
 
-    def _sent_once(self, function: Any) -> Any:
-        known = self._sent.get(id(function))
-        if known is not None and known[0] is function:
-            return known[1]
-        try:
-            reduction = serialize.by_value(function)
-        except Exception:  # sent the usual way, whose error names what cannot be sent
-            reduction = None
-        sent = function if reduction is None else _SentOnce(reduction)
-        self._sent[id(function)] = (function, sent)  # the function is kept: its id stays its own
-        return sent
+    def _call_for(self, function: Any) -> tuple[calls.Submitter, Any]:
+        """The joblib call's one nbparallel call, made on first use, with the function of that
+        first task: sent (and checked, like a map's function) once for the whole joblib call."""
+        with self._lock:
+            if self._submitter is None:
+                runner = functools.partial(
+                    run_batch, function, (self.nesting_level or 0) + 1, self._limits
+                )
+                runner.__qualname__ = serialize.function_name(function)  # type: ignore[attr-defined]
+                self._submitter = _session().submitter(runner, self._jobs)
+                self._function = function
+            return self._submitter, self._function
 
     def _finished(self, future: Future[Any], size: int, callback: Any) -> None:
         """A batch ended (on the pool's thread): count it on the bar, tell joblib."""
@@ -216,6 +245,7 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:
             self._failed += failed
             if self._progress is not None:
+                self._learn_total(self._progress)
                 self._progress.advance(size, 1 if failed else 0)
         if callback is not None:
             callback(future)

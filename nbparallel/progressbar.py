@@ -88,6 +88,11 @@ class Progress:
         """How long the caller may wait for events before calling `redraw`; None: never needed."""
         return REDRAW_SECONDS if self._view is not None else None
 
+    def learn_total(self, total: int) -> None:
+        """The number of items, once known during the call (joblib knows it when its input runs
+        out; a generator has no length before that)."""
+        self.total = total
+
     def advance(self, finished: int, failed: int = 0) -> None:
         """`finished` more items have their outcome, `failed` of them an error."""
         self.finished += finished
@@ -169,6 +174,8 @@ class _TextView:
         )
 
     def show(self, snapshot: Snapshot) -> None:
+        if snapshot.total != self._bar.total:  # a total learnt during the call (joblib's)
+            self._bar.total = snapshot.total
         moved = int(snapshot.value) - self._bar.n  # whole items: a text bar shows no fractions
         if moved > 0:
             self._bar.update(moved)

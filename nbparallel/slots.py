@@ -48,6 +48,15 @@ def report_progress(done: float, total: float) -> None:
     slot[PART_ITEM] = slot[ITEM]
 
 
+def report_items_done(count: int) -> None:
+    """Inside a task that stands for many items (a joblib batch is one task): `count` of them are
+    done, so the call's bar counts them before the task ends. Does nothing outside a task."""
+    slot = getattr(running, "slot", None) or process_slot
+    if slot is not None:
+        slot[PART] = count * _PART_SCALE
+        slot[PART_ITEM] = slot[ITEM]
+
+
 def local_slot(task_id: int) -> list[int]:
     """A slot for a task run without a shared memory map: a plain list (threads: the pool reads it
     in the same process; dask: the worker reports what it holds)."""

@@ -101,6 +101,8 @@ class WidgetView:
 
     def show(self, snapshot: Snapshot, state: str = "running") -> None:
         if snapshot.total is not None:
+            if self.bar.max != snapshot.total:  # a total learnt during the call (joblib's)
+                self.bar.max = float(snapshot.total or 1)
             self.bar.value = snapshot.value
         elif state != "running":
             self.bar.value = self.bar.max  # unknown length: the bar fills when the count is final

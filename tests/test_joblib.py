@@ -16,6 +16,7 @@ from joblib import Parallel, delayed  # noqa: E402
 
 from nbparallel import OptionError, parallel  # noqa: E402
 from nbparallel.joblib_backend import NbParallelBackend  # noqa: E402
+from nbparallel.thread_limits import ENVIRONMENT  # noqa: E402
 
 from .conftest import ROOT, run_script  # noqa: E402
 
@@ -50,6 +51,12 @@ def test_a_value_changed_between_two_joblib_calls_is_seen_by_the_next(on_nbparal
     assert Parallel(n_jobs=2)(delayed(add)(x) for x in range(300)) == [x + 1 for x in range(300)]
     box[0] = 100
     assert Parallel(n_jobs=2)(delayed(add)(x) for x in range(300)) == [x + 100 for x in range(300)]
+
+
+def test_the_older_parallel_backend_spelling_runs_on_the_pool():
+    with joblib.parallel_backend("nbparallel"):
+        pids = set(Parallel(n_jobs=2, batch_size=1)(delayed(os.getpid)() for _ in range(6)))
+    assert pids <= pool_pids() and os.getpid() not in pids
 
 
 def test_workers_are_the_same_warm_workers_as_parallel_map(on_nbparallel):
@@ -261,3 +268,50 @@ def test_cross_val_score_and_grid_search_give_the_same_scores_as_loky():
     expected, got = sklearn_scores("loky"), sklearn_scores("nbparallel")
     assert got == expected
     assert len(got["cv"]) == 4 and len(got["grid"]) == 6
+
+
+# --- threads inside a task: limited as loky limits them, only inside joblib calls ----------
+
+numpy = pytest.importorskip("numpy")
+
+
+def library_threads(_=None) -> dict[str, set[int]]:
+    """In a worker: the thread counts of its BLAS and OpenMP libraries, by API."""
+    import threadpoolctl
+
+    numpy.ones(2)  # a function that uses NumPy (its OpenBLAS is loaded with it)
+    counts: dict[str, set[int]] = {}
+    for library in threadpoolctl.threadpool_info():
+        counts.setdefault(library["user_api"], set()).add(library["num_threads"])
+    return counts
+
+
+def test_blas_and_openmp_threads_in_a_task_are_cpus_over_n_jobs_and_unchanged_outside(
+    on_nbparallel,
+):
+    """Two joblib tasks at once each get cpu_count // 2 threads, as under loky; a plain map
+    task on the same workers, before and after, sees the libraries' own counts."""
+    pytest.importorskip("threadpoolctl")
+    if parallel.options.worker_count < 2:
+        pytest.skip("needs a pool of 2 workers to run 2 joblib tasks at once")
+    apis = {"blas", "openmp"} - {
+        api for api, names in ENVIRONMENT.items() if any(name in os.environ for name in names)
+    }
+    before = parallel.map(library_threads, range(4), chunksize=1)
+    inside = Parallel(n_jobs=2, batch_size=1)(delayed(library_threads)(x) for x in range(4))
+    after = parallel.map(library_threads, range(4), chunksize=1)
+    expected = max(joblib.cpu_count() // 2, 1)
+    for counts in inside:
+        assert {api: counts[api] for api in apis if api in counts} == {
+            api: {expected} for api in apis if api in counts
+        }
+    assert any(apis & counts.keys() for counts in inside)  # NumPy brings OpenBLAS at least
+    assert after == before
+
+
+def test_inner_max_num_threads_sets_the_limit_inside_tasks():
+    pytest.importorskip("threadpoolctl")
+    with joblib.parallel_config(backend="nbparallel", inner_max_num_threads=3):
+        inside = Parallel(n_jobs=2)(delayed(library_threads)(x) for x in range(2))
+    for counts in inside:
+        assert all(threads == {3} for threads in counts.values()), counts

@@ -114,11 +114,61 @@ def test_the_widget_counts_grid_search_tasks_as_they_finish(kernel, tmp_path):
     seen = []
     for c in range(12):  # each candidate's two folds end when the test says so
         (tmp_path / f"go-{c}").touch()
-        kernel.read_until(lambda c=c: bar.text.startswith(f"{2 * (c + 1)} items"), timeout=30)
+        done = 2 * (c + 1)
+        kernel.read_until(
+            lambda done=done: bar.text.startswith((f"{done} items", f"{done}/24 items")), timeout=30
+        )
         seen.append(bar.text.split(" ·")[0])
-    assert seen == [f"{2 * (c + 1)} items" for c in range(12)]
+    # The generator's length (24 fits) shows once joblib has dispatched them all.
+    assert [shown.split("/")[0].split(" ")[0] for shown in seen] == [
+        str(2 * (c + 1)) for c in range(12)
+    ]
+    assert seen[-1] == "24/24 items"
     kernel.reply(msg_id)
     kernel.read_until(lambda: bar.bar["bar_style"] == "success")
+    assert (bar.bar["value"], bar.bar["max"]) == (24.0, 24.0)
+
+
+def test_the_bar_counts_tasks_within_a_batch_and_shows_a_generators_total(kernel, tmp_path):
+    """Batches of 4 tasks: the bar moves by one as each task ends, before its batch does."""
+    kernel.ok(
+        "import pathlib, time\n"
+        "from joblib import Parallel, delayed\n"
+        "from nbparallel import parallel\n"
+        "parallel.configure(joblib=True)\n"
+        f"marks = pathlib.Path({str(tmp_path)!r})\n"
+        "def wait(i):\n"
+        "    while not (marks / f'go-{i}').exists():\n"
+        "        time.sleep(0.005)\n"
+        "    return i\n"
+    )
+    msg_id = kernel.send(
+        "out = Parallel(n_jobs=2, batch_size=4, pre_dispatch='all')"
+        "(delayed(wait)(i) for i in range(8))"
+    )
+    bar = None
+
+    def shown():
+        nonlocal bar
+        for model_id, state in list(kernel.widgets.items()):
+            if state.get("_model_name") == "BoxModel":
+                tree = kernel.widget_tree(model_id)
+                if any(s["_model_name"] == "FloatProgressModel" for s in tree):
+                    bar = bar_of(kernel, model_id)
+        return bar is not None and bar.bar["max"] == 8.0
+
+    kernel.read_until(shown)  # the generator is used up at once (pre_dispatch="all"): 8 tasks
+    (tmp_path / "go-0").touch()  # the first task of the first batch ends; three still wait
+    kernel.read_until(
+        lambda: bar.bar["value"] == 1.0 and bar.text.startswith("1/8 items"), timeout=30
+    )
+    (tmp_path / "go-4").touch()  # the first task of the second batch
+    kernel.read_until(lambda: bar.bar["value"] == 2.0, timeout=30)
+    for i in range(8):
+        (tmp_path / f"go-{i}").touch()
+    assert kernel.reply(msg_id).status == "ok"
+    kernel.read_until(lambda: bar.bar["bar_style"] == "success")
+    assert (bar.bar["value"], bar.bar["max"]) == (8.0, 8.0) and bar.text.startswith("8/8 items")
 
 
 def test_a_joblib_call_over_a_list_shows_its_total_and_ends_green_or_red(kernel):
