@@ -264,6 +264,7 @@ def _run(
     reads them from `events` (in input order if `ordered`), until no chunk is left."""
     __tracebackhide__ = True  # see Parallel.map
     progress = make_progress()
+    tracker.call.announce_starts = tracker.call.insights and progress.draws_timeline
     order: collections.deque[int] = collections.deque()  # positions of chunks sent, not yielded
     waiting: dict[int, list[Any]] = {}  # by position: finished, behind an earlier chunk
     more = pieces is not None

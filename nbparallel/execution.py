@@ -3,13 +3,12 @@ function and items, call the function on each item, and turn the outcome into a 
 
 The loop over a chunk's items (`run_chunk`) tells the worker's slot which item runs, stops
 between items when the call is cancelled, and, with errors="return"/"skip", keeps going past an
-item that raised. With insights on, it also times each item (`timed`), and `run_task` says
-where the task's time went (`messages.Timing`); with insights off, no clock is read per item.
+item that raised. With insights on, it times the items (`timing`), and `run_task` says where
+the task's time went (`messages.Timing`); with insights off, no clock is read per item.
 """
 
 from __future__ import annotations
 
-import array
 import collections
 import os
 import time
@@ -17,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import errors, messages, serialize, slots, transport
+from . import errors, messages, serialize, slots, timing, transport
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -94,20 +93,6 @@ def item_caller(func: Callable[..., Any], kind: str) -> Callable[[Any], Any]:
     return lambda args_kwargs: func(*args_kwargs[0], **args_kwargs[1])
 
 
-def timed(call: Callable[[Any], Any], seconds: array.array[float]) -> Callable[[Any], Any]:
-    """`call`, appending how long each run of it took to `seconds` (raised or not)."""
-    clock, append = time.perf_counter, seconds.append
-
-    def timed_call(item: Any) -> Any:
-        start = clock()
-        try:
-            return call(item)
-        finally:
-            append(clock() - start)
-
-    return timed_call
-
-
 def run_chunk(
     func: Callable[..., Any],
     items: Sequence[Any],
@@ -115,20 +100,18 @@ def run_chunk(
     call_id: int,
     slot: Any,
     keep_going: bool,
-    item_seconds: array.array[float] | None = None,
+    clock: timing.ItemClock | None = None,
 ) -> list[Any]:
     """Call `func` on each item in order; stop early if the call is cancelled.
 
     `slot` (a memoryview of integers) is told which item runs. With `keep_going`, an exception
     takes the item's place in the results (as the exception object) and the chunk goes on.
-    With `item_seconds`, each item's time is appended to it.
+    With a `clock`, the items are timed into it.
 
     Raises:
         ItemFailed: the function raised (without keep_going); carries the offset and results so far.
     """
     call = item_caller(func, kind)
-    if item_seconds is not None:
-        call = timed(call, item_seconds)
     slots.running.slot = slot
     slot[slots.PART_ITEM] = slots.NOT_STARTED
     cancelled, running = slots.CANCELLED, slots.ITEM  # locals: this loop runs once per item
@@ -137,6 +120,9 @@ def run_chunk(
     start = 0
     while True:
         try:
+            if clock is not None:
+                timing.run_timed(call, items, call_id, slot, results, clock)
+                return results
             for offset in range(start, len(items)):
                 if slot[cancelled] == call_id:
                     return results
@@ -177,7 +163,7 @@ def _failed(
     items: list[Any],
     results: list[Any],
     error: BaseException,
-    clock: _TaskClock | None = None,
+    clock: timing.TaskClock | None = None,
 ) -> messages.TaskFailed:
     try:
         done = serialize.dumps(results)
@@ -220,7 +206,7 @@ def run_task(
     task: messages.RunTask, functions: FunctionCache, setup: SetupNamespace, slot: Any
 ) -> object:
     """Run one task (loading its function and items); the message to send back."""
-    clock = _TaskClock(task) if task.insights else None
+    clock = timing.TaskClock(task) if task.insights else None
     items: list[Any] = []
     try:
         func = functions.get(task.digest)
@@ -230,9 +216,9 @@ def run_task(
         return _failed(task, "load", 0, items, [], error, clock)
     nbytes = transport.frame_bytes(task.frames)
     start = time.perf_counter()
-    item_seconds = None
+    items_clock = None
     if clock is not None:
-        clock.loaded, item_seconds = start, clock.item_seconds
+        clock.loaded, items_clock = start, clock.items
     try:
         if task.kind == "setup":
             results = run_chunk(
@@ -241,7 +227,7 @@ def run_task(
         else:
             setup.offer(func)
             results = run_chunk(
-                func, items, task.kind, task.call_id, slot, task.keep_going, item_seconds
+                func, items, task.kind, task.call_id, slot, task.keep_going, items_clock
             )
     except ItemFailed as failed:
         return _failed(task, "raised", failed.offset, items, failed.results, failed.error, clock)
@@ -264,32 +250,6 @@ def run_task(
     except BaseException as error:  # a result whose pickling raises, or even exits
         offset = _first_unsendable(results)
         return _failed(task, "result", offset, items, results[:offset], error, clock)
-
-
-class _TaskClock:
-    """With insights on: when a task started, how long its loading, items and results took."""
-
-    def __init__(self, task: messages.RunTask) -> None:
-        self.sent = task.sent
-        self.started = time.time()
-        self.start = time.perf_counter()
-        self.loaded: float | None = None  # perf_counter once the function and items are loaded
-        self.item_seconds: array.array[float] = array.array("d")
-
-    def timing(self, results_from: float | None = None) -> messages.Timing:
-        """The task's Timing, now that its answer is made; `results_from`: when its results
-        began to be serialized (perf_counter), None if it failed before."""
-        now = time.perf_counter()
-        loaded = self.loaded if self.loaded is not None else now
-        return messages.Timing(
-            worker=os.getpid(),
-            sent=self.sent,
-            started=self.started,
-            finished=self.started + (now - self.start),
-            load_seconds=loaded - self.start,
-            dump_seconds=now - results_from if results_from is not None else 0.0,
-            item_seconds=self.item_seconds,
-        )
 
 
 def _first_unsendable(results: list[Any]) -> int:

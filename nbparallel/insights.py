@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from . import errors
@@ -37,17 +38,28 @@ class ChunkSpan:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChunkCost:
-    """Where one chunk's time went besides its items; `Insights.costs[i]` is of `chunks[i]`."""
+    """Where one chunk's time went; `Insights.costs[i]` is of `chunks[i]`.
+
+    Items of 20 us and more are timed one by one; faster ones in groups of about 1 ms, each item
+    given its group's average (timing one alone would cost as much as running it).
+    """
 
     send_seconds: float  # the kernel serializing its items and queueing them
     load_seconds: float  # the worker loading the function and the items
-    item_seconds: tuple[float, ...]  # each item's run of the function, in chunk order
+    working: float  # the items' runs of the function, together
     dump_seconds: float  # the worker serializing the results
     receive_seconds: float  # the kernel loading the results
+    group_items: Sequence[int] = ()  # the items' times, in chunk order: items timed together,
+    group_seconds: Sequence[float] = ()  # and the seconds each of them took
 
     @property
-    def working(self) -> float:
-        return sum(self.item_seconds)
+    def item_seconds(self) -> list[float]:
+        """Each item's time, in chunk order (empty if its worker died)."""
+        return [
+            each
+            for count, each in zip(self.group_items, self.group_seconds, strict=True)
+            for _ in range(count)
+        ]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,9 +190,8 @@ class Insights:
                     **{
                         name: value
                         for name, value in dataclasses.asdict(cost).items()
-                        if name != "item_seconds"
+                        if name not in ("group_items", "group_seconds")
                     },
-                    "working": cost.working,
                 }
                 for span, cost in zip(self.chunks, self.costs, strict=True)
             ]

@@ -1,7 +1,7 @@
 """The messages between the pool and its workers: small data-only classes.
 
 Parent to worker: `RunTask`, `CancelCall`, `StopWorker`, `Limits`. Worker to parent: `Ready`,
-`TaskStarted` (with insights on), `TaskDone`, `TaskFailed`, `ItemsUnreadable`, `FunctionMissing`,
+`TaskStarted` (with a live timeline), `TaskDone`, `TaskFailed`, `ItemsUnreadable`, `FunctionMissing`,
 `Output`, `Retiring`; `TaskLost` is made by a backend when a worker is gone.
 Payloads inside are already-serialized bytes, so the pool itself never runs user code (no user
 object is unpickled on its dispatcher thread). How they cross the socket is `transport`'s job.
@@ -25,8 +25,9 @@ class RunTask:
     # the function with this digest yet, the function's frames: `function_frames` of them.
     frames: list[Any]
     function_frames: int = 0
-    insights: bool = False  # time the task (see Timing), and say when it starts (TaskStarted)
+    insights: bool = False  # time the task (see Timing)
     sent: float = 0.0  # with insights: when the pool sent it (time.time()), echoed back in Timing
+    announce: bool = False  # say when it starts (TaskStarted), for a timeline drawn live
 
 
 @dataclasses.dataclass(slots=True)
@@ -70,7 +71,8 @@ class Retiring:
 
 @dataclasses.dataclass(slots=True)
 class TaskStarted:
-    """With insights on: a worker took the task from its queue (stamps are time.time())."""
+    """For a timeline drawn live: a worker took the task from its queue (stamps are time.time()).
+    Sent only then: without a live view, a task's Timing says when it started."""
 
     task_id: int
     worker: int  # its pid (threads backend: the thread's native id)
@@ -89,7 +91,12 @@ class Timing:
     finished: float  # its results were serialized, ready to go back
     load_seconds: float  # the worker loading the function and the items
     dump_seconds: float  # the worker serializing the results
-    item_seconds: Sequence[float]  # each item's run of the function, in chunk order
+    working: float  # the items' runs of the function, together
+    # The items' times in chunk order, as groups timed together (see timing): how many items,
+    # and the seconds each took.
+    group_items: Sequence[int]
+    group_seconds: Sequence[float]
+    slowest: list[tuple[int, float]]  # up to 5 (offset in the chunk, seconds), slowest first
     received: float = 0.0  # the pool read the answer (set by the pool)
 
 

@@ -99,6 +99,11 @@ class Progress:
             self._view = _TextView(self.snapshot(include_running=False))
 
     @property
+    def draws_timeline(self) -> bool:
+        """True if a timeline of the chunks is drawn live (it wants to hear when each starts)."""
+        return getattr(self._view, "draws_timeline", False)
+
+    @property
     def redraw_seconds(self) -> float | None:
         """How long the caller may wait for events before calling `redraw`; None: never needed."""
         return REDRAW_SECONDS if self._view is not None else None

@@ -16,8 +16,8 @@ from typing import Any
 
 from . import errors, messages, tasks
 from .insights import ChunkCost, ChunkSpan, Insights, SlowItem, WorkerInsight
+from .timing import SLOWEST_KEPT
 
-SLOWEST_KEPT = 5
 TARGET_CHUNK_SECONDS = 0.05  # a chunk this long makes the pool's per-chunk cost negligible
 
 
@@ -57,10 +57,10 @@ class Recorder:
                 timing.finished, timing.received or time.time(), state,
             )  # fmt: skip
             cost = ChunkCost(
-                send, timing.load_seconds, tuple(timing.item_seconds), timing.dump_seconds,
-                receive_seconds,
+                send, timing.load_seconds, timing.working, timing.dump_seconds, receive_seconds,
+                timing.group_items, timing.group_seconds,
             )  # fmt: skip
-            self._keep_slowest(chunk, span.worker, cost.item_seconds)
+            self._keep_slowest(chunk, span.worker, timing.slowest)
         else:  # lost with its worker: what ran of it is unknown
             worker = getattr(event, "pid", 0) or (running.worker if running else 0)
             sent = running.sent if running else time.time()
@@ -68,21 +68,22 @@ class Recorder:
             span = ChunkSpan(
                 worker, chunk.position, len(chunk.items), sent, started, None, time.time(), state
             )
-            cost = ChunkCost(send, 0.0, (), 0.0, receive_seconds)
+            cost = ChunkCost(send, 0.0, 0.0, 0.0, receive_seconds)
         self._chunks.append(span)
         self._costs.append(cost)
 
-    def _keep_slowest(self, chunk: tasks.Chunk, worker: int, seconds: Sequence[float]) -> None:
-        if not seconds:
-            return
+    def _keep_slowest(
+        self, chunk: tasks.Chunk, worker: int, slowest: Sequence[tuple[int, float]]
+    ) -> None:
+        """Merge a chunk's slowest items (offset, seconds; slowest first) into the call's."""
         floor = self._slowest[-1].seconds if len(self._slowest) >= SLOWEST_KEPT else -1.0
-        if max(seconds) <= floor:  # the common case, at C speed: nothing new among the slowest
+        new = [(offset, took) for offset, took in slowest if took > floor]
+        if not new:  # the common case: nothing new among the call's slowest
             return
-        for offset, took in enumerate(seconds):
-            if took > floor:
-                position = chunk.position + chunk.original_offset(offset)
-                args = errors.short_repr(chunk.items[offset])
-                self._slowest.append(SlowItem(position, took, worker, args))
+        for offset, took in new:
+            position = chunk.position + chunk.original_offset(offset)
+            args = errors.short_repr(chunk.items[offset])
+            self._slowest.append(SlowItem(position, took, worker, args))
         self._slowest.sort(key=lambda item: -item.seconds)
         del self._slowest[SLOWEST_KEPT:]
 
@@ -95,7 +96,7 @@ class Recorder:
         ones that ran nothing and for start-up times."""
         end = time.time()
         spans = self.spans()
-        costs = [*self._costs, *(ChunkCost(0.0, 0.0, (), 0.0, 0.0) for _ in self._running)]
+        costs = [*self._costs, *(ChunkCost(0.0, 0.0, 0.0, 0.0, 0.0) for _ in self._running)]
         rows = _worker_rows(self.start, end, spans, costs, workers, self.worker_count)
         record = Insights(
             self.name, self.backend, self.start, end, self.worker_count, tuple(rows),
@@ -138,7 +139,7 @@ def _worker_rows(
 def _working(span: ChunkSpan, cost: ChunkCost, end: float) -> float:
     """Time in the function: the items' own times, or for a chunk whose worker died (or that
     runs still), the time it was seen running."""
-    if cost.item_seconds or span.finished is not None or span.started is None:
+    if cost.group_items or span.finished is not None or span.started is None:
         return cost.working
     return max(0.0, (span.received or end) - span.started)
 
@@ -166,7 +167,7 @@ def hints(record: Insights) -> list[str]:
                 f"only {len(chunks)} chunks for {record.worker_count} workers: try chunksize={size}"
             )
     waiting = sum(w.waiting for w in workers) / (len(workers) * wall)
-    per_chunk = [cost.working for cost in record.costs if cost.item_seconds]
+    per_chunk = [cost.working for cost in record.costs if cost.group_items]
     if waiting >= 0.3 and per_chunk and len(chunks) >= record.worker_count:
         typical = statistics.median(per_chunk)
         size = statistics.mean(c.items for c in chunks)

@@ -95,6 +95,7 @@ class WidgetView:
             view = TimelineView(lanes)
             self._timeline = (view, timeline)
             children.append(view.widget)
+        self.draws_timeline = self._timeline is not None
         self.box = ProgressBox(children, text=f"{start.name}: {start.text()}")
         # What display(box) sends, without asking every formatter.
         display(self.box._repr_mimebundle_(), raw=True)

@@ -166,7 +166,7 @@ def _serve(
         elif unreadable is not None:
             reply = messages.ItemsUnreadable(task.task_id, unreadable.reason)
         else:
-            if task.insights:  # the pool's live timeline shows the task running from now
+            if task.announce:  # the live timeline shows the task running from now
                 sender.send(messages.TaskStarted(task.task_id, os.getpid(), task.sent, time.time()))
             reply = execution.run_task(task, functions, setup, slot)
             if isinstance(reply, messages.TaskDone) and reply.frames:

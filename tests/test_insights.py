@@ -211,3 +211,89 @@ def test_a_terminal_prints_the_table_after_the_text_bar(tmp_path):
     table = done.stderr.index("nbparallel insights: sleep, 8 items in 8 chunks")
     assert bar_end < table
     assert done.stderr.count("nbparallel insights:") == 1  # the call without insights: no table
+
+
+# --- in a real kernel -------------------------------------------------------------------
+
+WAIT_FOR = '''
+import os, time
+from nbparallel import parallel
+
+def wait_for(path, x):
+    """Stand-in for real work: runs until the test creates `path`."""
+    end = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < end:
+        time.sleep(0.01)
+    return x
+'''
+
+
+@pytest.fixture(scope="module")
+def nb(tmp_path_factory):
+    from .kernel import Kernel
+
+    started = Kernel(tmp_path_factory.mktemp("insights-kernel"))
+    started.ok(WAIT_FOR + "\n%load_ext nbparallel")
+    yield started
+    started.ok("parallel.shutdown()")
+    started.shutdown()
+
+
+@pytest.mark.kernel
+def test_parallel_insights_magic_shows_the_last_calls_table_again(nb):
+    reply = nb.run("%parallel insights")
+    assert reply.ename == "UsageError" and "run one with insights=True" in reply.evalue
+    nb.ok("%%parallel for n in range(6) -> out --insights --no-progress\nabs(n - 3)")
+    shown = nb.ok("%parallel insights").results
+    assert len(shown) == 1
+    table = shown[0]
+    assert table.startswith("nbparallel insights: %%parallel cell, 6 items in ")
+    assert "start-up" in table and "working" in table and "slowest items:" in table
+    pids = nb.value("[w.pid for w in parallel.insights().workers]")
+    assert all(str(pid) in table for pid in pids)
+
+
+def timeline_of(nb, model_id: str) -> dict:
+    """The timeline widget under a progress bar, as a frontend holds its state."""
+    return next(
+        state
+        for state in nb.widget_tree(model_id)
+        if "nbparallel-timeline" in state.get("_dom_classes", ())
+    )
+
+
+def lanes(state: dict) -> dict[int, int]:
+    """Worker pid -> the chunks its lane shows."""
+    found = re.findall(
+        r'class="nbparallel-lane"[^>]*data-worker="(\d+)" data-chunks="(\d+)"', state["value"]
+    )
+    return {int(pid): int(chunks) for pid, chunks in found}
+
+
+@pytest.mark.kernel
+def test_the_timeline_under_the_bar_has_a_lane_per_worker_and_moves_while_the_call_runs(
+    nb, tmp_path
+):
+    if importlib.util.find_spec("nbparallel.timeline") is None:
+        pytest.skip("the timeline widget (nbparallel/timeline.py, branch `timeline`) is not merged")
+    marker = tmp_path / "go"
+    nb.ok("parallel.map(abs, range(4))")  # workers started
+    workers = nb.value("parallel.options.worker_count")
+    reply = nb.ok(
+        f"handle = parallel.map_async(lambda x: wait_for({str(marker)!r}, x), range({2 * workers}), "
+        "chunksize=1, insights=True)"
+    )
+    (box,) = reply.widget_views
+    pids = set(nb.value("[w.pid for w in parallel.status().workers]"))
+    # Every worker is inside its first chunk: a lane each, with a running block.
+    nb.read_until(lambda: set(lanes(timeline_of(nb, box))) == pids)
+    running = timeline_of(nb, box)["value"]
+    assert running.count('data-state="running"') == workers
+    marker.touch()
+    nb.read_until(lambda: "nbparallel-timeline-summary" in timeline_of(nb, box)["value"])
+    assert nb.value("handle.result()") == list(range(2 * workers))
+    final = timeline_of(nb, box)
+    assert final["value"] != running
+    assert set(lanes(final)) == pids and sum(lanes(final).values()) == 2 * workers
+    assert 'data-state="running"' not in final["value"]
+    assert re.search(r"efficiency \d+%", final["value"])

@@ -9,7 +9,6 @@ more than one core for pure-Python code, or survive a crash of the process.
 
 from __future__ import annotations
 
-import array
 import os
 import queue
 import threading
@@ -20,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from .. import errors, execution, messages, slots, tasks
+from .. import errors, execution, messages, slots, tasks, timing
 from . import WorkerStatus
 
 
@@ -172,7 +171,7 @@ class ThreadPool:
                 call.deliver(message)
 
     def _run(self, call: tasks.Call, chunk: tasks.Chunk, slot: list[int], sent: float) -> object:
-        item_seconds = _start_timing(call, chunk, sent)
+        clock = _start_timing(call, chunk, sent)
         started = time.perf_counter()
         try:
             if call.kind == "setup":
@@ -187,7 +186,7 @@ class ThreadPool:
             else:
                 func = self._offer_setup(call.function)
                 results = execution.run_chunk(
-                    func, chunk.items, call.kind, call.call_id, slot, call.keep_going, item_seconds
+                    func, chunk.items, call.kind, call.call_id, slot, call.keep_going, clock
                 )
         except execution.ItemFailed as failed:
             return messages.TaskFailed(
@@ -196,7 +195,7 @@ class ThreadPool:
                 failed.results,
                 "raised",
                 _failure(failed.error, chunk.items[failed.offset]),
-                _timing(sent, started, item_seconds),
+                _timing(sent, started, clock),
             )
         if call.keep_going:
             results = [
@@ -205,7 +204,7 @@ class ThreadPool:
             ]
         seconds = time.perf_counter() - started
         return messages.TaskDone(
-            chunk.task_id, results, seconds, timing=_timing(sent, started, item_seconds)
+            chunk.task_id, results, seconds, timing=_timing(sent, started, clock)
         )
 
     def _run_setup(self, cell: Any, notebook_values: dict[str, Any]) -> None:
@@ -229,23 +228,26 @@ class ThreadPool:
             return copy
 
 
-def _start_timing(call: tasks.Call, chunk: tasks.Chunk, sent: float) -> array.array[float] | None:
-    """With insights on: say the chunk starts now; where its items' times go."""
+def _start_timing(call: tasks.Call, chunk: tasks.Chunk, sent: float) -> timing.ItemClock | None:
+    """With insights on: where its items' times go; for a live timeline, say it starts now."""
     if not call.insights:
         return None
-    call.deliver(messages.TaskStarted(chunk.task_id, threading.get_native_id(), sent, time.time()))
-    return array.array("d")
+    if call.announce_starts:
+        call.deliver(
+            messages.TaskStarted(chunk.task_id, threading.get_native_id(), sent, time.time())
+        )
+    return timing.ItemClock()
 
 
-def _timing(
-    sent: float, started: float, item_seconds: array.array[float] | None
-) -> messages.Timing | None:
+def _timing(sent: float, started: float, clock: timing.ItemClock | None) -> messages.Timing | None:
     """A chunk's Timing on a thread: nothing is serialized, and nothing travels."""
-    if item_seconds is None:
+    if clock is None:
         return None
     now = time.time()
     start = now - (time.perf_counter() - started)
-    return messages.Timing(threading.get_native_id(), sent, start, now, 0.0, 0.0, item_seconds, now)
+    done = timing.item_timing(threading.get_native_id(), sent, start, now, 0.0, 0.0, clock)
+    done.received = now
+    return done
 
 
 def _failure(error: BaseException, item: Any) -> messages.Failure:

@@ -120,6 +120,7 @@ class WorkerProcess:
                 len(sent),
                 call.insights,
                 time.time() if call.insights else 0.0,
+                call.announce_starts,
             )
         )
 
