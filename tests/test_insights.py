@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from nbparallel import OptionError, messages, outcomes, parallel
+from nbparallel import OptionError, messages, outcomes, parallel, slots, timing
+from nbparallel.execution import run_chunk
 
 from .conftest import run_script
 
@@ -85,6 +86,21 @@ def test_too_small_chunks_hint_a_bigger_chunksize():
         )
         for h in record.hints
     ), record.hints
+
+
+def test_tiny_items_are_timed_in_groups_and_slow_ones_one_by_one():
+    """A clock read per tiny item would cost as much as the item: they are timed in groups."""
+    tiny = timing.ItemClock()
+    run_chunk(lambda x: x + 1, range(100_000), "map", 5, slots.local_slot(1), False, tiny)
+    assert sum(tiny.group_items) == 100_000 and len(tiny.group_items) < 100
+    slow = timing.ItemClock()
+    run_chunk(nap, [0.002] * 10, "map", 5, slots.local_slot(1), False, slow)
+    assert list(slow.group_items) == [1] * 10
+    assert all(each == pytest.approx(0.002, rel=0.5) for each in slow.group_seconds)
+    # With errors="return", an item that raises is timed too, and the chunk goes on.
+    failing = timing.ItemClock()
+    out = run_chunk(fails_on_three, range(1000), "map", 5, slots.local_slot(1), True, failing)
+    assert len(out) == sum(failing.group_items) == 1000
 
 
 def test_chrome_trace_is_json_with_a_track_per_worker_and_a_complete_event_per_chunk(tmp_path):
