@@ -171,17 +171,21 @@ def hints(record: Insights) -> list[str]:
     if waiting >= 0.3 and per_chunk and len(chunks) >= record.worker_count:
         typical = statistics.median(per_chunk)
         size = statistics.mean(c.items for c in chunks)
-        if typical < TARGET_CHUNK_SECONDS / 2:
+        if _tail_waiting(record) >= 0.5 * waiting * len(workers) * wall:
+            # Waiting at the end, for the last chunks: one slow item (said above), or chunks
+            # too big to share the work out evenly.
+            if not found and size > 1:
+                found.append(
+                    f"workers waited {waiting:.0%} of the time, most of it for the last chunks "
+                    f"to end: try chunksize={max(1, math.floor(size / 4))} to share the work "
+                    "out evenly"
+                )
+        elif typical < TARGET_CHUNK_SECONDS / 2:
             bigger = math.ceil(size * TARGET_CHUNK_SECONDS / max(typical, 1e-6))
             bigger = min(bigger, max(1, items // record.worker_count))
             found.append(
                 f"workers waited {waiting:.0%} of the time for work: chunks too small, try "
                 f"chunksize={bigger}"
-            )
-        elif _tail_waiting(record) >= 0.5 * waiting * len(workers) * wall and size > 1:
-            found.append(
-                f"workers waited {waiting:.0%} of the time, most of it for the last chunks to "
-                f"end: try chunksize={max(1, math.floor(size / 4))} to share the work out evenly"
             )
     transfer = sum(w.transfer for w in workers) / (len(workers) * wall)
     if transfer >= 0.25:
