@@ -162,9 +162,10 @@ def hints(record: Insights) -> list[str]:
         if items < record.worker_count:
             found.append(f"only {items} items for {record.worker_count} workers")
         else:
-            size = max(1, math.ceil(items / (record.worker_count * 4)))
+            smaller = max(1, math.ceil(items / (record.worker_count * 4)))
             found.append(
-                f"only {len(chunks)} chunks for {record.worker_count} workers: try chunksize={size}"
+                f"only {len(chunks)} chunks for {record.worker_count} workers: "
+                f"try chunksize={smaller}"
             )
     waiting = sum(w.waiting for w in workers) / (len(workers) * wall)
     per_chunk = [cost.working for cost in record.costs if cost.group_items]

@@ -96,7 +96,7 @@ def test_tiny_items_are_timed_in_groups_and_slow_ones_one_by_one():
     slow = timing.ItemClock()
     run_chunk(nap, [0.002] * 10, "map", 5, slots.local_slot(1), False, slow)
     assert list(slow.group_items) == [1] * 10
-    assert all(each == pytest.approx(0.002, rel=0.5) for each in slow.group_seconds)
+    assert all(0.0019 <= each < 0.1 for each in slow.group_seconds)  # a sleep is never shorter
     # With errors="return", an item that raises is timed too, and the chunk goes on.
     failing = timing.ItemClock()
     out = run_chunk(fails_on_three, range(1000), "map", 5, slots.local_slot(1), True, failing)
