@@ -170,8 +170,8 @@ def _failed(
     except BaseException:
         done = serialize.dumps([])
     item = items[offset] if offset < len(items) else "(the items could not be loaded)"
-    timing = clock.timing() if clock is not None else None
-    return messages.TaskFailed(task.task_id, offset, done, stage, _describe(error, item), timing)
+    took = clock.timing() if clock is not None else None
+    return messages.TaskFailed(task.task_id, offset, done, stage, _describe(error, item), took)
 
 
 class SetupNamespace:

@@ -313,3 +313,18 @@ def test_the_timeline_under_the_bar_has_a_lane_per_worker_and_moves_while_the_ca
     assert set(lanes(final)) == pids and sum(lanes(final).values()) == 2 * workers
     assert 'data-state="running"' not in final["value"]
     assert re.search(r"efficiency \d+%", final["value"])
+
+
+@pytest.mark.kernel
+def test_a_1000_chunk_call_redraws_its_timeline_at_most_10_times_a_second(nb):
+    if importlib.util.find_spec("nbparallel.timeline") is None:
+        pytest.skip("the timeline widget (nbparallel/timeline.py, branch `timeline`) is not merged")
+    nb.ok("parallel.map(abs, range(4))")  # workers started
+    before = nb.widget_updates
+    started = time.monotonic()
+    reply = nb.ok("out = parallel.map(abs, range(1000), chunksize=1, insights=True)")
+    elapsed = time.monotonic() - started
+    # Each redraw changes at most the bar, its numbers and the timeline; then the final state.
+    assert nb.widget_updates - before <= 3 * (elapsed / 0.1 + 2) + 4, elapsed
+    (box,) = reply.widget_views
+    assert sum(lanes(timeline_of(nb, box)).values()) == 1000
