@@ -18,6 +18,7 @@ from typing import Any
 
 from . import backends, calls, errors, serialize
 from .background import MapHandle
+from .insights import Insights
 from .options import Options
 
 _NO_ITEMS: Any = object()
@@ -65,6 +66,7 @@ class Parallel:
         self._backends: dict[str, backends.Backend] = {}  # started on first use, one per kind
         self._lock = threading.Lock()
         self._partial: dict[int, Any] = {}
+        self._insights: Insights | None = None
         self._setup_count = 0
         self._generation = 0  # shutdowns so far: a start in the background asked before one is void
         self._prestarted: backends.Backend | None = None  # started early, not yet used by a call
@@ -182,6 +184,18 @@ class Parallel:
         """
         return dict(sorted(self._partial.items()))
 
+    def insights(self) -> Insights:
+        """The record of the most recent call made with `insights=True`: per worker the time
+        spent starting, waiting, working and moving data, the efficiency, the slowest items and
+        hints; `.to_dataframe()`, `.to_chrome_trace(path)`. Kept until the next such call ends.
+
+        Raises:
+            LookupError: no call with insights on has ended in this session.
+        """
+        if self._insights is None:
+            raise errors.no_insights()
+        return self._insights
+
     def shutdown(self) -> None:
         """Stop all workers of every backend now (every-worker setup is forgotten).
 
@@ -275,6 +289,9 @@ class Parallel:
         def keep_partial(unyielded: dict[int, Any]) -> None:
             self._partial = {**dict(enumerate(collected or ())), **unyielded}
 
+        def keep_insights(record: Insights) -> None:
+            self._insights = record
+
         return calls.stream(
             lambda: self._get_backend(options),
             func,
@@ -284,6 +301,7 @@ class Parallel:
             ordered,
             keep_partial,
             background,
+            keep_insights,
         )
 
     def _collect(

@@ -21,9 +21,11 @@ from typing import Any
 
 from . import captures, chunking, errors, execution, serialize, tasks
 from .backends import Backend
+from .insights import Insights
 from .options import Options
 from .outcomes import Tracker
 from .progressbar import Progress
+from .recording import Recorder
 
 STOP = object()
 """Put on a call's event queue (see `stream`), it stops the call as an interrupt would."""
@@ -58,12 +60,14 @@ def stream(
     ordered: bool = True,
     keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
     background: queue.SimpleQueue[Any] | None = None,
+    keep_insights: Callable[[Insights], None] = lambda record: None,
 ) -> Iterator[list[Any]]:
     """Results of `func` over `items`, a list per chunk (see `collect` and `one_by_one`).
     Checks everything before returning; runs lazily after.
 
     If the call fails or is interrupted, results that finished but were not yet yielded are
-    handed to `keep_partial`, by input position, so that nothing computed is lost.
+    handed to `keep_partial`, by input position, so that nothing computed is lost. With
+    insights on, the call's record goes to `keep_insights` when it ends, however it ends.
 
     `background`: the results will be read on another thread. The progress bar is shown now,
     in the caller's cell, and workers' events arrive on this queue, where `STOP` stops the call.
@@ -84,20 +88,22 @@ def stream(
     backend = get_backend()
     events: queue.SimpleQueue[Any] = queue.SimpleQueue() if background is None else background
     call = _new_call(backend, func, kind, options)(events.put, options.worker_count)
-    tracker = Tracker(backend, call, options.errors, options.retries)
+    recorder = Recorder(call.name, options.backend, options.worker_count) if call.insights else None
+    tracker = Tracker(backend, call, options.errors, options.retries, recorder)
     total = chunking.length_hint(items)
-    progress = _progress(backend, call, total, options) if background is not None else None
+    progress = _progress(backend, tracker, total, options) if background is not None else None
     sizer = chunking.ChunkSizer(total, options.worker_count, options.chunksize)
     # Star items go through their check; others as given, for `chunking.chunks` to slice if it can.
     pieces = chunking.chunks(iterator if kind == "star" else items, sizer)
     return _run(
         tracker,
         events,
-        lambda: progress or _progress(backend, call, total, options),
+        lambda: progress or _progress(backend, tracker, total, options),
         ordered,
         keep_partial,
         pieces,
         sizer,
+        keep_insights,
     )
 
 
@@ -257,11 +263,13 @@ def _run(
     keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
     pieces: Iterator[tuple[int, Any]] | None = None,
     sizer: chunking.ChunkSizer | None = None,
+    keep_insights: Callable[[Insights], None] = lambda record: None,
 ) -> Iterator[list[Any]]:
     """Send `pieces` as chunks, a window at a time, and yield each chunk's results as the tracker
     reads them from `events` (in input order if `ordered`), until no chunk is left."""
     __tracebackhide__ = True  # see Parallel.map
     progress = make_progress()
+    tracker.call.announce_starts = tracker.call.insights and progress.draws_timeline
     order: collections.deque[int] = collections.deque()  # positions of chunks sent, not yielded
     waiting: dict[int, list[Any]] = {}  # by position: finished, behind an earlier chunk
     more = pieces is not None
@@ -314,17 +322,22 @@ def _run(
                 for offset, result in enumerate(results)
             }
             keep_partial({**unyielded, **tracker.failing_chunk})
-        tracker.finish()
-        progress.close(ending)
+        record = tracker.finish()
+        if record is not None:
+            keep_insights(record)
+        progress.close(ending, record)
 
 
-def _progress(backend: Backend, call: tasks.Call, total: int | None, options: Options) -> Progress:
+def _progress(backend: Backend, tracker: Tracker, total: int | None, options: Options) -> Progress:
+    call = tracker.call
     return Progress(
         total,
         options.progress,
         call.name,
         running=lambda: backend.running_items(call),
         workers=backend.status if options.show_workers else None,
+        timeline=tracker.recorder,
+        lanes=options.worker_count,
     )
 
 
@@ -354,6 +367,7 @@ def _new_call(
             deliver=deliver,
             timeout=options.timeout,
             keep_going=options.errors != "raise",
+            insights=options.insights and kind != "apply",  # maps only: not submit, not joblib
         )
 
     return new_call

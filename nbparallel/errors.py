@@ -169,6 +169,19 @@ def joblib_missing() -> OptionError:
     )
 
 
+def pandas_missing() -> ModuleNotFoundError:
+    return ModuleNotFoundError(
+        "to_dataframe() needs pandas, which is not installed: pip install pandas", name="pandas"
+    )
+
+
+def no_insights() -> LookupError:
+    return LookupError(
+        "no call has recorded insights yet: run one with insights=True (or after "
+        "parallel.configure(insights=True), or %%parallel ... --insights), then ask again."
+    )
+
+
 def _running(position: int | None, item_repr: str | None) -> str:
     if position is None:
         return "before it started an item (while loading the function or the items)"

@@ -1,9 +1,9 @@
 """`%%parallel` and `%parallel`: parse the line, build a function from the cell, call `parallel`.
 
 %%parallel for path in files -> sizes [--workers N] [--chunksize N] [--unordered] [--no-progress]
-                                      [--show-workers] [--background] [--backend NAME]
+                                      [--show-workers] [--insights] [--background] [--backend NAME]
 %%parallel --every-worker
-%parallel [status | workers N | restart | shutdown]
+%parallel [status | workers N | restart | shutdown | insights]
 """
 
 from __future__ import annotations
@@ -110,6 +110,11 @@ class ParallelMagics(Magics):
     @argument("--no-progress", action="store_true", help="do not show a progress bar")
     @argument("--show-workers", action="store_true", help="show the workers under the progress bar")
     @argument(
+        "--insights",
+        action="store_true",
+        help="record where the workers' time goes (parallel.insights()) and show a timeline",
+    )
+    @argument(
         "--background",
         action="store_true",
         help="return at once: RESULT is a handle whose .result() is the list (see parallel.map_async)",
@@ -177,6 +182,7 @@ class ParallelMagics(Magics):
                 chunksize=args.chunksize,
                 progress=False if args.no_progress else None,
                 show_workers=True if args.show_workers else None,
+                insights=True if args.insights else None,
                 backend=args.backend,
             )
         except (TypeError, ValueError) as error:
@@ -188,6 +194,7 @@ class ParallelMagics(Magics):
             "chunksize": options.chunksize,
             "progress": options.progress,
             "show_workers": options.show_workers,
+            "insights": options.insights,
             "backend": options.backend,
         }
         if args.background:
@@ -209,10 +216,16 @@ class ParallelMagics(Magics):
         %parallel workers N    use N workers from now on
         %parallel restart      replace every worker with a fresh process
         %parallel shutdown     stop all workers (the next call starts them again)
+        %parallel insights     the table of the last call made with insights on
         """
         words = line.split()
         if not words or words == ["status"]:
             return self._parallel.status()
+        if words == ["insights"]:
+            try:
+                return self._parallel.insights()
+            except LookupError as missing:
+                raise UsageError(f"%parallel insights: {missing}") from None
         if words[0] == "workers" and len(words) == 2:
             try:
                 count = int(words[1])
@@ -232,5 +245,6 @@ class ParallelMagics(Magics):
             print("nbparallel: workers stopped")
             return None
         raise UsageError(
-            f"%parallel cannot read {line!r}; use: %parallel [status | workers N | restart | shutdown]"
+            f"%parallel cannot read {line!r}; "
+            "use: %parallel [status | workers N | restart | shutdown | insights]"
         )

@@ -1,8 +1,8 @@
 """The messages between the pool and its workers: small data-only classes.
 
 Parent to worker: `RunTask`, `CancelCall`, `StopWorker`, `Limits`. Worker to parent: `Ready`,
-`TaskDone`, `TaskFailed`, `ItemsUnreadable`, `FunctionMissing`, `Output`, `Retiring`; `TaskLost`
-is made by a backend when a worker is gone.
+`TaskStarted` (with a live timeline), `TaskDone`, `TaskFailed`, `ItemsUnreadable`, `FunctionMissing`,
+`Output`, `Retiring`; `TaskLost` is made by a backend when a worker is gone.
 Payloads inside are already-serialized bytes, so the pool itself never runs user code (no user
 object is unpickled on its dispatcher thread). How they cross the socket is `transport`'s job.
 """
@@ -10,6 +10,7 @@ object is unpickled on its dispatcher thread). How they cross the socket is `tra
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -24,6 +25,9 @@ class RunTask:
     # the function with this digest yet, the function's frames: `function_frames` of them.
     frames: list[Any]
     function_frames: int = 0
+    insights: bool = False  # time the task (see Timing)
+    sent: float = 0.0  # with insights: when the pool sent it (time.time()), echoed back in Timing
+    announce: bool = False  # say when it starts (TaskStarted), for a timeline drawn live
 
 
 @dataclasses.dataclass(slots=True)
@@ -66,12 +70,44 @@ class Retiring:
 
 
 @dataclasses.dataclass(slots=True)
+class TaskStarted:
+    """For a timeline drawn live: a worker took the task from its queue (stamps are time.time()).
+    Sent only then: without a live view, a task's Timing says when it started."""
+
+    task_id: int
+    worker: int  # its pid (threads backend: the thread's native id)
+    sent: float
+    started: float
+
+
+@dataclasses.dataclass(slots=True)
+class Timing:
+    """With insights on, where a task's time went. Stamps are time.time(), the one clock that
+    processes of one machine share; durations are measured with perf_counter."""
+
+    worker: int
+    sent: float  # the pool sent it (echoed from RunTask)
+    started: float  # the worker took it from its queue
+    finished: float  # its results were serialized, ready to go back
+    load_seconds: float  # the worker loading the function and the items
+    dump_seconds: float  # the worker serializing the results
+    working: float  # the items' runs of the function, together
+    # The items' times in chunk order, as groups timed together (see timing): how many items,
+    # and the seconds each took.
+    group_items: Sequence[int]
+    group_seconds: Sequence[float]
+    slowest: list[tuple[int, float]]  # up to 5 (offset in the chunk, seconds), slowest first
+    received: float = 0.0  # the pool read the answer (set by the pool)
+
+
+@dataclasses.dataclass(slots=True)
 class TaskDone:
     task_id: int
     results: list[Any] | None  # the results themselves, from a thread
     seconds: float
     frames: list[Any] | None = None  # or serialized, from a worker process (see send_message)
     nbytes: int = 0  # what the chunk's items and results took serialized (for chunk sizing)
+    timing: Timing | None = None  # with insights on
 
 
 @dataclasses.dataclass(slots=True)
@@ -104,6 +140,7 @@ class TaskFailed:
     results: bytes | list[Any]
     stage: str  # "raised" (the function raised), "result" (unsendable result), "load"
     failure: Failure
+    timing: Timing | None = None  # with insights on
 
 
 @dataclasses.dataclass(slots=True)

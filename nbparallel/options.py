@@ -70,6 +70,9 @@ class Options:
     """Show a progress bar (a widget in a notebook, text on stderr in a terminal)."""
     show_workers: bool = False
     """In a notebook, show a row of the workers under the bar: busy or idle, tasks, memory."""
+    insights: bool = False
+    """Record where each worker's time goes (`parallel.insights()`), and show a timeline of the
+    chunks under the bar (a table after a text bar)."""
     retries: int = 0
     """Run the items of a worker that died (or timed out) again, up to this many times."""
     timeout: float | None = None
@@ -96,7 +99,7 @@ class Options:
             value = getattr(self, name)
             if value is not None and not _is_count(value, minimum=1):
                 raise errors.bad_option(name, value, "a positive whole number, or None")
-        for name in ("progress", "show_workers", "joblib"):
+        for name in ("progress", "show_workers", "insights", "joblib"):
             if not isinstance(getattr(self, name), bool):
                 raise errors.bad_option(name, getattr(self, name), "True or False")
         if not _is_count(self.retries, minimum=0):

@@ -9,12 +9,15 @@ out of the chunk and run the rest again.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import errors, messages, serialize, tasks
 
 if TYPE_CHECKING:
     from .backends import Backend
+    from .insights import Insights
+    from .recording import Recorder
 
 _SKIPPED = object()  # stands for an item left out with errors="skip"
 # Exception notes (add_note) are Python 3.11+: 3.10 neither has nor prints them.
@@ -184,14 +187,23 @@ class Tracker:
     every-worker setup alike. It alone closes the call.
 
     Events come from one thread at a time (the caller's loop, or the backend's for submit).
+    With insights on, it feeds every chunk's events to its `recorder` too.
     """
 
-    def __init__(self, backend: Backend, call: tasks.Call, on_error: str, retries: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        call: tasks.Call,
+        on_error: str,
+        retries: int,
+        recorder: Recorder | None = None,
+    ) -> None:
         self.call = call
         self._backend = backend
         self._on_error, self._retries = on_error, retries
         self._chunks: dict[int, tasks.Chunk] = {}  # by task id: sent, outcome not in yet
         self.failing_chunk: dict[int, Any] = {}  # by position: what a failed chunk finished first
+        self.recorder = recorder
 
     @property
     def pending(self) -> int:
@@ -199,7 +211,12 @@ class Tracker:
 
     def send(self, chunk: tasks.Chunk) -> None:
         self._chunks[chunk.task_id] = chunk
+        if self.recorder is None:
+            self._backend.submit(self.call, chunk)
+            return
+        start = time.perf_counter()
         self._backend.submit(self.call, chunk)
+        self.recorder.sent(chunk, time.perf_counter() - start)
 
     def expect(self, chunks: list[tasks.Chunk]) -> None:
         """Chunks the backend sent itself (every-worker setup)."""
@@ -212,18 +229,33 @@ class Tracker:
         Raises:
             The call's error, as the errors rule says: the user's own exception, or ours.
         """
+        recorder = self.recorder
+        if isinstance(event, messages.TaskStarted):
+            started = self._chunks.get(event.task_id)
+            if started is not None and recorder is not None:
+                recorder.started(started, event)
+            return None
         chunk = self._chunks.pop(event.task_id, None)
         if chunk is None:
             return None
         if isinstance(event, messages.TaskLost):
+            if recorder is not None:
+                recorder.ended(chunk, event)
             again = recover(self.call, chunk, event, self._retries, self._on_error)
             if again is not None and again.items:
                 self.send(again)
                 return None
             chunk, event = again or chunk, None  # every item has its outcome already
         elif isinstance(event, messages.TaskFailed):
+            if recorder is not None:
+                recorder.ended(chunk, event)
             self.failing_chunk = finished_before_failure(self.call, chunk, event, self._on_error)
-        values, failed = results(self.call, chunk, event, self._on_error)
+        if recorder is not None and isinstance(event, messages.TaskDone):
+            start = time.perf_counter()
+            values, failed = results(self.call, chunk, event, self._on_error)
+            recorder.ended(chunk, event, time.perf_counter() - start, failed > 0)
+        else:
+            values, failed = results(self.call, chunk, event, self._on_error)
         return Finished(
             chunk, values, failed, getattr(event, "seconds", 0.0), getattr(event, "nbytes", 0)
         )
@@ -235,6 +267,10 @@ class Tracker:
             self.call.closed = True
             self._backend.cancel(self.call, stop_running)
 
-    def finish(self) -> None:
-        """Every chunk has its outcome: events that still come are dropped."""
+    def finish(self) -> Insights | None:
+        """Every chunk has its outcome (or the call stopped): events that still come are
+        dropped. The call's insights, if it records them."""
         self.call.closed = True
+        if self.recorder is None:
+            return None
+        return self.recorder.result(self._backend.status())

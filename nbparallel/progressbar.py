@@ -1,8 +1,9 @@
 """Progress display for one call: a live widget in a notebook, a text bar on stderr elsewhere.
 
 Knows nothing about pools: it is told how many items finished (and how many of them failed), and
-may ask two callables how far the running items are and what the workers are doing. Redraws are
-throttled to `REDRAW_SECONDS`, so 200,000 tiny items cost a few dozen widget updates, not 200,000.
+may ask two callables how far the running items are and what the workers are doing, and, with
+insights on, a `Timeline` for the chunks so far. Redraws are throttled to `REDRAW_SECONDS`, so
+200,000 tiny items cost a few dozen widget updates, not 200,000.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 REDRAW_SECONDS = 0.1  # at most 10 redraws a second: what a frontend shows smoothly
 WORKERS_REDRAW_SECONDS = 0.5  # the worker row asks the system for memory use: less often
@@ -50,6 +51,15 @@ class Snapshot:
         return " ".join(parts)
 
 
+class Timeline(Protocol):
+    """Where a call's chunks are, as `recording.Recorder` tells it."""
+
+    start: float  # the call began (time.time())
+
+    def spans(self) -> Sequence[Any]:
+        """Every chunk so far (insights.ChunkSpan), running ones included."""
+
+
 class Progress:
     """One bar for one call; does nothing (and imports nothing) when disabled.
 
@@ -58,6 +68,9 @@ class Progress:
             finished, plus the fractions reported by `nbparallel.progress` inside running items).
         workers: the pool's workers (objects with pid, state, tasks_done, memory_rss), for a row
             under the bar; None for no row.
+        timeline: with insights on, the call's chunks, drawn as a timeline under the bar in a
+            notebook (`lanes` of them expected); in a terminal the call's insights table is
+            printed after the bar instead.
     """
 
     def __init__(
@@ -67,6 +80,8 @@ class Progress:
         name: str,
         running: Callable[[], float] = lambda: 0.0,
         workers: Callable[[], Sequence[Any]] | None = None,
+        timeline: Timeline | None = None,
+        lanes: int = 0,
     ) -> None:
         self.total = total
         self.name = name
@@ -79,9 +94,14 @@ class Progress:
         if enabled and _in_notebook():
             from .widget import WidgetView  # imports ipywidgets: only where a frontend draws it
 
-            self._view = WidgetView(self.snapshot(include_running=False), workers)
+            self._view = WidgetView(self.snapshot(include_running=False), workers, timeline, lanes)
         elif enabled:
             self._view = _TextView(self.snapshot(include_running=False))
+
+    @property
+    def draws_timeline(self) -> bool:
+        """True if a timeline of the chunks is drawn live (it wants to hear when each starts)."""
+        return getattr(self._view, "draws_timeline", False)
 
     @property
     def redraw_seconds(self) -> float | None:
@@ -122,8 +142,9 @@ class Progress:
             time.monotonic() - self._started,
         )
 
-    def close(self, state: str) -> None:
-        """End the bar. `state`: "done" (green, or red if items failed), "failed" or "stopped"."""
+    def close(self, state: str, insights: Any = None) -> None:
+        """End the bar. `state`: "done" (green, or red if items failed), "failed" or "stopped";
+        `insights`: the call's record (insights.Insights), shown with the bar."""
         if self._view is None:
             return
         if state == "failed":
@@ -132,6 +153,7 @@ class Progress:
         view.end(
             self.snapshot(include_running=False),
             "stopped" if state == "stopped" else "failed" if self.failed else "done",
+            insights,
         )
 
 
@@ -182,8 +204,10 @@ class _TextView:
         if snapshot.failed:
             self._bar.set_postfix_str(f"{snapshot.failed} errors", refresh=False)
 
-    def end(self, snapshot: Snapshot, state: str) -> None:
+    def end(self, snapshot: Snapshot, state: str, insights: Any = None) -> None:
         self.show(snapshot)
         if state != "done":
             self._bar.set_description(f"{snapshot.name} ({state})", refresh=False)
         self._bar.close()
+        if insights is not None:
+            print(repr(insights), file=sys.stderr)

@@ -40,6 +40,8 @@ class Call:
     deliver: Callable[[object], None]  # receives TaskDone, TaskFailed and TaskLost
     timeout: float | None = None  # seconds one item may run before its worker is stopped
     keep_going: bool = False  # an item that raises becomes a Failure among the results
+    insights: bool = False  # workers time its tasks (see insights)
+    announce_starts: bool = False  # and say when each starts: a timeline is drawn live
     # The caller's context: output written in it shows in the caller's notebook cell.
     context: contextvars.Context = dataclasses.field(default_factory=contextvars.copy_context)
     closed: bool = False  # the caller stopped listening (set by calls.Tracker only): drop events

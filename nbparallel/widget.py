@@ -1,7 +1,9 @@
 """The progress widget of a call in a notebook (ipywidgets); imported only inside a kernel.
 
 A bar with the call's name and a line of numbers, the bar green, red or orange (stopped) at the
-end; optionally a row of workers below it, where a worker that exited stays visible.
+end; optionally a row of workers below it, where a worker that exited stays visible, and with
+insights on, the timeline of the call's chunks (`timeline.TimelineView`), kept when it ends with
+the call's efficiency and its most telling hint.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from IPython.display import display
 from ipywidgets.widgets.widget_int import ProgressStyle
 from ipywidgets.widgets.widget_string import HTMLStyle
 
-from .progressbar import WORKERS_REDRAW_SECONDS, Snapshot
+from .progressbar import WORKERS_REDRAW_SECONDS, Snapshot, Timeline
 
 BAR_STYLES = {"running": "", "done": "success", "failed": "danger", "stopped": "warning"}
 _WORKER_COLOURS = {"idle": "#57606a", "busy": "#0969da", "stopping": "#9a6700", "exited": "#cf222e"}
@@ -68,7 +70,13 @@ class ProgressBox(widgets.Box):
 class WidgetView:
     """Shows itself on creation; `show` updates it, `end` gives it its final colour."""
 
-    def __init__(self, start: Snapshot, workers: Callable[[], Sequence[Any]] | None) -> None:
+    def __init__(
+        self,
+        start: Snapshot,
+        workers: Callable[[], Sequence[Any]] | None,
+        timeline: Timeline | None = None,
+        lanes: int = 0,
+    ) -> None:
         self._seen: dict[int, Any] = {}  # pid -> last status seen
         self._next_workers = 0.0
         self.bar = widgets.FloatProgress(
@@ -95,6 +103,14 @@ class WidgetView:
             )
             self._worker_row = (row, workers)
             children.append(self._worker_row[0])
+        self._timeline: tuple[Any, Timeline] | None = None
+        if timeline is not None:
+            from .timeline import TimelineView  # only calls with insights on draw one
+
+            view = TimelineView(lanes)
+            self._timeline = (view, timeline)
+            children.append(view.widget)
+        self.draws_timeline = self._timeline is not None
         self.box = ProgressBox(children, text=f"{start.name}: {start.text()}")
         # What display(box) sends, without asking every formatter.
         display(self.box._repr_mimebundle_(), raw=True)
@@ -113,11 +129,18 @@ class WidgetView:
             self._next_workers = time.monotonic() + WORKERS_REDRAW_SECONDS
             row, workers = self._worker_row
             row.value = self._worker_chips(workers())
+        if self._timeline is not None and state == "running":
+            view, timeline = self._timeline
+            view.update(timeline.spans(), timeline.start, time.time())
 
-    def end(self, snapshot: Snapshot, state: str) -> None:
+    def end(self, snapshot: Snapshot, state: str, insights: Any = None) -> None:
         with self.bar.hold_sync():  # the final value and colour in one message
             self.show(snapshot, state)
             self.bar.bar_style = BAR_STYLES[state]
+        if self._timeline is not None and insights is not None:
+            self._timeline[0].finish(
+                insights.chunks, insights.start, insights.end, insights.summary
+            )
 
     def _worker_chips(self, workers: Sequence[Any]) -> str:
         current = {w.pid: w for w in workers}

@@ -20,6 +20,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from multiprocess.connection import Connection
@@ -165,6 +166,8 @@ def _serve(
         elif unreadable is not None:
             reply = messages.ItemsUnreadable(task.task_id, unreadable.reason)
         else:
+            if task.announce:  # the live timeline shows the task running from now
+                sender.send(messages.TaskStarted(task.task_id, os.getpid(), task.sent, time.time()))
             reply = execution.run_task(task, functions, setup, slot)
             if isinstance(reply, messages.TaskDone) and reply.frames:
                 reply.frames = transport.share_large(reply.frames)

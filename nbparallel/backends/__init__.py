@@ -20,6 +20,8 @@ class WorkerStatus:
     state: str  # "idle", "busy", or "stopping" (the pool shrank; it exits once idle)
     tasks_done: int
     memory_rss: int  # bytes (for threads: the whole process)
+    started: float = 0.0  # when it started (time.time()); 0.0 where unknown (dask)
+    ready: float = 0.0  # when it could take tasks (time.time()); 0.0 where unknown
 
     @property
     def busy(self) -> bool:

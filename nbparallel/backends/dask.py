@@ -169,6 +169,8 @@ class DaskBackend:
             call.kind,
             call.keep_going,
             _as_bytes(frames),  # dask serializes the message itself
+            insights=call.insights,
+            sent=time.time() if call.insights else 0.0,
         )
         future = client.submit(
             run_on_dask_worker,
@@ -199,6 +201,9 @@ class DaskBackend:
             lost = errors.dask_task_lost(call.name, chunk.position, chunk.size, error)
             call.deliver(messages.TaskLost(chunk.task_id, 0, None, None, error=lost))
             return
+        timing = getattr(message, "timing", None)
+        if timing is not None:
+            timing.received = time.time()
         for stream, text in (("stdout", out), ("stderr", err)):
             if text:
                 call.write_output(stream, text)

@@ -86,12 +86,15 @@ class Dispatcher(threading.Thread):
         except (EOFError, OSError):
             self._on_worker_exit(conn)
             return
+        timing = getattr(message, "timing", None)
+        if timing is not None:
+            timing.received = time.time()
         with self._pool.lock:
             worker = self._pool.workers.get(conn)
             if worker is None:
                 return
             if isinstance(message, messages.Ready):
-                worker.ready = True
+                worker.ready, worker.ready_at = True, time.time()
                 return
             if isinstance(message, messages.Retiring):
                 worker.retiring = worker.said_retiring = True
@@ -103,6 +106,8 @@ class Dispatcher(threading.Thread):
             call = running[0]
             if isinstance(message, messages.Output):
                 deliver = None
+            elif isinstance(message, messages.TaskStarted):
+                deliver = call.deliver  # the task runs on: it stays first in the worker's queue
             elif isinstance(message, (messages.ItemsUnreadable, messages.FunctionMissing)):
                 self._send_again(worker, message)
                 return

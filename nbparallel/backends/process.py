@@ -190,6 +190,8 @@ class ProcessPool:
                 "stopping" if w.retiring else "busy" if w.inflight else "idle",
                 w.tasks_done,
                 worker_process.memory_rss(w.pid),
+                w.create_time,
+                w.ready_at,
             )
             for w in workers
         ]

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 
-from .. import errors, execution, messages, slots, tasks
+from .. import errors, execution, messages, slots, tasks, timing
 from . import WorkerStatus
 
 
@@ -37,11 +37,15 @@ class ThreadPool:
 
     def __init__(self, workers: int) -> None:
         self._size = workers
-        self._jobs: queue.SimpleQueue[tuple[tasks.Call, tasks.Chunk] | None] = queue.SimpleQueue()
+        # A chunk, and when it was queued (with insights on).
+        self._jobs: queue.SimpleQueue[tuple[tasks.Call, tasks.Chunk, float] | None] = (
+            queue.SimpleQueue()
+        )
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._running: dict[int, tuple[tasks.Call, list[int]]] = {}  # thread id -> call, slot
         self._done: dict[int, int] = {}
+        self._born: dict[int, float] = {}  # thread id -> when it started (time.time())
         # What `%%parallel --every-worker` cells defined: threads share one process, so such a
         # cell runs once, and its names are offered to every later task.
         self._setup = execution.SetupNamespace()
@@ -56,7 +60,7 @@ class ThreadPool:
     def submit(self, call: tasks.Call, chunk: tasks.Chunk) -> None:
         with self._lock:
             self._grow()
-        self._jobs.put((call, chunk))
+        self._jobs.put((call, chunk, time.time() if call.insights else 0.0))
 
     def cancel(self, call: tasks.Call, stop_running: bool) -> None:
         """Queued chunks of the call are dropped; running ones stop before their next item."""
@@ -101,6 +105,8 @@ class ThreadPool:
                     "busy" if thread.ident in self._running else "idle",
                     self._done.get(thread.ident or 0, 0),
                     memory,
+                    self._born.get(thread.ident or 0, 0.0),
+                    self._born.get(thread.ident or 0, 0.0),
                 )
                 for thread in self._threads
             ]
@@ -136,6 +142,7 @@ class ThreadPool:
             )
             thread.start()
             self._threads.append(thread)
+            self._born[thread.ident or 0] = time.time()
 
     def _work(self) -> None:
         me = threading.get_ident()
@@ -144,17 +151,18 @@ class ThreadPool:
         finally:
             with self._lock:
                 self._threads = [t for t in self._threads if t.ident != me]
+                self._born.pop(me, None)
 
     def _work_until_told(self, me: int) -> None:
         while (job := self._jobs.get()) is not None:
-            call, chunk = job
+            call, chunk, sent = job
             if call.closed:
                 continue
             slot = slots.local_slot(chunk.task_id)
             with self._lock:
                 self._running[me] = (call, slot)
             try:
-                message = self._run(call, chunk, slot)
+                message = self._run(call, chunk, slot, sent)
             finally:
                 with self._lock:
                     del self._running[me]
@@ -162,7 +170,8 @@ class ThreadPool:
             if not call.closed:
                 call.deliver(message)
 
-    def _run(self, call: tasks.Call, chunk: tasks.Chunk, slot: list[int]) -> object:
+    def _run(self, call: tasks.Call, chunk: tasks.Chunk, slot: list[int], sent: float) -> object:
+        clock = _start_timing(call, chunk, sent)
         started = time.perf_counter()
         try:
             if call.kind == "setup":
@@ -177,7 +186,7 @@ class ThreadPool:
             else:
                 func = self._offer_setup(call.function)
                 results = execution.run_chunk(
-                    func, chunk.items, call.kind, call.call_id, slot, call.keep_going
+                    func, chunk.items, call.kind, call.call_id, slot, call.keep_going, clock
                 )
         except execution.ItemFailed as failed:
             return messages.TaskFailed(
@@ -186,13 +195,17 @@ class ThreadPool:
                 failed.results,
                 "raised",
                 _failure(failed.error, chunk.items[failed.offset]),
+                _timing(sent, started, clock),
             )
         if call.keep_going:
             results = [
                 _failure(r.error, chunk.items[offset]) if isinstance(r, execution.Raised) else r
                 for offset, r in enumerate(results)
             ]
-        return messages.TaskDone(chunk.task_id, results, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return messages.TaskDone(
+            chunk.task_id, results, seconds, timing=_timing(sent, started, clock)
+        )
 
     def _run_setup(self, cell: Any, notebook_values: dict[str, Any]) -> None:
         with self._lock:
@@ -213,6 +226,28 @@ class ThreadPool:
                 )
                 self._with_setup[func] = (self._setup.generation, copy)
             return copy
+
+
+def _start_timing(call: tasks.Call, chunk: tasks.Chunk, sent: float) -> timing.ItemClock | None:
+    """With insights on: where its items' times go; for a live timeline, say it starts now."""
+    if not call.insights:
+        return None
+    if call.announce_starts:
+        call.deliver(
+            messages.TaskStarted(chunk.task_id, threading.get_native_id(), sent, time.time())
+        )
+    return timing.ItemClock()
+
+
+def _timing(sent: float, started: float, clock: timing.ItemClock | None) -> messages.Timing | None:
+    """A chunk's Timing on a thread: nothing is serialized, and nothing travels."""
+    if clock is None:
+        return None
+    now = time.time()
+    start = now - (time.perf_counter() - started)
+    done = timing.item_timing(threading.get_native_id(), sent, start, now, 0.0, 0.0, clock)
+    done.received = now
+    return done
 
 
 def _failure(error: BaseException, item: Any) -> messages.Failure:

@@ -55,6 +55,7 @@ class WorkerProcess:
     slot: memoryview  # see slots: which task and item the worker is running
     started: float = dataclasses.field(default_factory=time.monotonic)
     ready: bool = False  # it said so (messages.Ready)
+    ready_at: float = 0.0  # when it said so (time.time())
     # Tasks sent, in the order the worker runs them: the first one runs.
     inflight: collections.deque[Task] = dataclasses.field(default_factory=collections.deque)
     # A hint, not a mirror: the worker says FunctionMissing if it dropped one since.
@@ -117,6 +118,9 @@ class WorkerProcess:
                 call.keep_going,
                 [*sent, *frames],
                 len(sent),
+                call.insights,
+                time.time() if call.insights else 0.0,
+                call.announce_starts,
             )
         )
 

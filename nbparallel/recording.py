@@ -1,0 +1,217 @@
+"""Recording a call with insights on: the `Recorder` that `outcomes.Tracker` feeds with each
+chunk's events, its live spans for the timeline, and the finished `Insights` with its hints.
+
+Made only when insights are on (the Tracker holds None otherwise), so a call without them reads
+no clock for them anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import errors, messages, tasks
+from .insights import ChunkCost, ChunkSpan, Insights, SlowItem, WorkerInsight
+from .timing import SLOWEST_KEPT
+
+TARGET_CHUNK_SECONDS = 0.05  # a chunk this long makes the pool's per-chunk cost negligible
+
+
+class Recorder:
+    """The spans and costs of one call's chunks as their events arrive (one thread: the Tracker's)."""
+
+    def __init__(self, name: str, backend: str, worker_count: int) -> None:
+        self.name, self.backend, self.worker_count = name, backend, worker_count
+        self.start = time.time()
+        self._sent: dict[int, float] = {}  # task id -> the kernel's seconds sending it
+        self._running: dict[int, ChunkSpan] = {}  # task id -> span of a chunk running
+        self._chunks: list[ChunkSpan] = []
+        self._costs: list[ChunkCost] = []
+        self._slowest: list[SlowItem] = []  # slowest first, at most SLOWEST_KEPT
+
+    def sent(self, chunk: tasks.Chunk, seconds: float) -> None:
+        self._sent[chunk.task_id] = seconds
+
+    def started(self, chunk: tasks.Chunk, event: messages.TaskStarted) -> None:
+        self._running[chunk.task_id] = ChunkSpan(
+            event.worker, chunk.position, len(chunk.items), event.sent, event.started, None, None,
+            "running",
+        )  # fmt: skip
+
+    def ended(
+        self, chunk: tasks.Chunk, event: object, receive_seconds: float = 0.0, failed: bool = True
+    ) -> None:
+        """The chunk's answer (TaskDone, TaskFailed or TaskLost) arrived; `failed`: some of a
+        TaskDone's items raised (errors="return"/"skip")."""
+        running = self._running.pop(chunk.task_id, None)
+        send = self._sent.pop(chunk.task_id, 0.0)
+        timing: messages.Timing | None = getattr(event, "timing", None)
+        state = "done" if isinstance(event, messages.TaskDone) and not failed else "failed"
+        if timing is not None:
+            span = ChunkSpan(
+                timing.worker, chunk.position, len(chunk.items), timing.sent, timing.started,
+                timing.finished, timing.received or time.time(), state,
+            )  # fmt: skip
+            cost = ChunkCost(
+                send, timing.load_seconds, timing.working, timing.dump_seconds, receive_seconds,
+                timing.group_items, timing.group_seconds,
+            )  # fmt: skip
+            self._keep_slowest(chunk, span.worker, timing.slowest)
+        else:  # lost with its worker: what ran of it is unknown
+            worker = getattr(event, "pid", 0) or (running.worker if running else 0)
+            sent = running.sent if running else time.time()
+            started = running.started if running else None
+            span = ChunkSpan(
+                worker, chunk.position, len(chunk.items), sent, started, None, time.time(), state
+            )
+            cost = ChunkCost(send, 0.0, 0.0, 0.0, receive_seconds)
+        self._chunks.append(span)
+        self._costs.append(cost)
+
+    def _keep_slowest(
+        self, chunk: tasks.Chunk, worker: int, slowest: Sequence[tuple[int, float]]
+    ) -> None:
+        """Merge a chunk's slowest items (offset, seconds; slowest first) into the call's."""
+        floor = self._slowest[-1].seconds if len(self._slowest) >= SLOWEST_KEPT else -1.0
+        new = [(offset, took) for offset, took in slowest if took > floor]
+        if not new:  # the common case: nothing new among the call's slowest
+            return
+        for offset, took in new:
+            position = chunk.position + chunk.original_offset(offset)
+            args = errors.short_repr(chunk.items[offset])
+            self._slowest.append(SlowItem(position, took, worker, args))
+        self._slowest.sort(key=lambda item: -item.seconds)
+        del self._slowest[SLOWEST_KEPT:]
+
+    def spans(self) -> list[ChunkSpan]:
+        """Every chunk so far, those still running included (for the live timeline)."""
+        return [*self._chunks, *self._running.values()]
+
+    def result(self, workers: Sequence[Any] = ()) -> Insights:
+        """The call's record, now that it ended; `workers`: the pool's (WorkerStatus), for the
+        ones that ran nothing and for start-up times."""
+        end = time.time()
+        spans = self.spans()
+        costs = [*self._costs, *(ChunkCost(0.0, 0.0, 0.0, 0.0, 0.0) for _ in self._running)]
+        rows = _worker_rows(self.start, end, spans, costs, workers, self.worker_count)
+        record = Insights(
+            self.name, self.backend, self.start, end, self.worker_count, tuple(rows),
+            tuple(spans), tuple(costs), tuple(self._slowest), (),
+        )  # fmt: skip
+        return dataclasses.replace(record, hints=tuple(hints(record)))
+
+
+def _worker_rows(
+    start: float,
+    end: float,
+    spans: Sequence[ChunkSpan],
+    costs: Sequence[ChunkCost],
+    pool: Sequence[Any],
+    worker_count: int,
+) -> list[WorkerInsight]:
+    wall = end - start
+    ran: dict[int, list[tuple[ChunkSpan, ChunkCost]]] = {}
+    for span, cost in zip(spans, costs, strict=True):
+        ran.setdefault(span.worker, []).append((span, cost))
+    known = {w.pid: w for w in pool}
+    idle = [pid for pid in known if pid not in ran][: max(0, worker_count - len(ran))]
+    rows = []
+    for pid in [*ran, *idle]:
+        chunks = ran.get(pid, [])
+        status = known.get(pid)
+        startup = 0.0
+        if status is not None and status.ready > 0:
+            startup = max(0.0, min(status.ready, end) - max(status.started, start))
+        working = sum(_working(span, cost, end) for span, cost in chunks)
+        transfer = sum(cost.load_seconds + cost.dump_seconds for _, cost in chunks)
+        waiting = max(0.0, wall - startup - working - transfer)
+        items = sum(span.items for span, _ in chunks)
+        rows.append(
+            WorkerInsight(pid, len(chunks), items, startup, waiting, working, transfer, wall)
+        )
+    return rows
+
+
+def _working(span: ChunkSpan, cost: ChunkCost, end: float) -> float:
+    """Time in the function: the items' own times, or for a chunk whose worker died (or that
+    runs still), the time it was seen running."""
+    if cost.group_items or span.finished is not None or span.started is None:
+        return cost.working
+    return max(0.0, (span.received or end) - span.started)
+
+
+def hints(record: Insights) -> list[str]:
+    """What to change, when the cause is plain; most telling first."""
+    found: list[str] = []
+    wall, workers = record.wall, record.workers
+    if wall <= 0 or not workers or record.efficiency > 0.9:
+        return found
+    if record.slowest and record.slowest[0].seconds >= 0.3 * wall and record.worker_count > 1:
+        item = record.slowest[0]
+        found.append(
+            f"one item took {item.seconds / wall:.0%} of the time: item {item.position} "
+            f"({item.args})"
+        )
+    chunks = [c for c in record.chunks if c.started is not None]
+    items = record.items
+    if len(chunks) < record.worker_count:
+        if items < record.worker_count:
+            found.append(f"only {items} items for {record.worker_count} workers")
+        else:
+            smaller = max(1, math.ceil(items / (record.worker_count * 4)))
+            found.append(
+                f"only {len(chunks)} chunks for {record.worker_count} workers: "
+                f"try chunksize={smaller}"
+            )
+    waiting = sum(w.waiting for w in workers) / (len(workers) * wall)
+    per_chunk = [cost.working for cost in record.costs if cost.group_items]
+    if waiting >= 0.3 and per_chunk and len(chunks) >= record.worker_count:
+        typical = statistics.median(per_chunk)
+        size = statistics.mean(c.items for c in chunks)
+        if _tail_waiting(record) >= 0.5 * waiting * len(workers) * wall:
+            # Waiting at the end, for the last chunks: one slow item (said above), or chunks
+            # too big to share the work out evenly.
+            if not found and size > 1:
+                found.append(
+                    f"workers waited {waiting:.0%} of the time, most of it for the last chunks "
+                    f"to end: try chunksize={max(1, math.floor(size / 4))} to share the work "
+                    "out evenly"
+                )
+        elif typical < TARGET_CHUNK_SECONDS / 2:
+            bigger = math.ceil(size * TARGET_CHUNK_SECONDS / max(typical, 1e-6))
+            bigger = min(bigger, max(1, items // record.worker_count))
+            found.append(
+                f"workers waited {waiting:.0%} of the time for work: chunks too small, try "
+                f"chunksize={bigger}"
+            )
+    transfer = sum(w.transfer for w in workers) / (len(workers) * wall)
+    if transfer >= 0.25:
+        found.append(
+            f"workers spent {transfer:.0%} of the time loading items and serializing results: "
+            "send less (a path or an index instead of the data), or return less"
+        )
+    startup = sum(w.startup for w in workers) / (len(workers) * wall)
+    if startup >= 0.25:
+        found.append(f"starting the workers took {startup:.0%} of the time: later calls reuse them")
+    if record.kernel_send_seconds >= 0.25 * wall:
+        found.append(
+            f"the kernel spent {record.kernel_send_seconds / wall:.0%} of the time serializing "
+            "items: send smaller items (a path or an index instead of the data)"
+        )
+    return found
+
+
+def _tail_waiting(record: Insights) -> float:
+    """Worker-seconds spent idle after each worker's last chunk, until the last one ended."""
+    last: dict[int, float] = {}
+    for span in record.chunks:
+        if span.finished is not None:
+            last[span.worker] = max(last.get(span.worker, 0.0), span.finished)
+    if not last:
+        return 0.0
+    end = max(last.values())
+    return sum(end - finished for finished in last.values())
