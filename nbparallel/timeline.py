@@ -10,9 +10,12 @@ the SVG's size is bounded. Imported only inside a kernel (it imports ipywidgets)
 from __future__ import annotations
 
 import html
+import itertools
 import math
+import operator
 from collections.abc import Iterable
-from typing import Protocol
+from time import perf_counter
+from typing import NamedTuple, Protocol
 
 import ipywidgets as widgets
 
@@ -29,7 +32,9 @@ MIN_WALL = 0.001  # seconds: the axis of a call that has just begun
 # blocks that narrow would look like one bar anyway. Wider ones keep a seam between them.
 MERGE_WIDTH = 3.0
 SEAM = 0.6
-MAX_RECTS = 2000  # beyond, blocks merge at twice the width, and again: about 90 kB at most
+MAX_RECTS = 1200  # beyond, blocks merge at twice the width, and again: about 100 kB at most
+SLOW_REDRAW = 0.02  # seconds; a redraw slower than this (some 20,000 chunks) spaces the next
+MAX_KERNEL_SHARE = 0.1  # ... so that drawing takes at most this share of the kernel's time
 TITLES_UP_TO = 400  # rectangles: beyond, no tooltip per chunk (they are most of the bytes)
 
 # The progress bar's colours in JupyterLab's theme (the light theme's as fallback): blue while it
@@ -77,15 +82,16 @@ class TimelineHTML(widgets.HTML):
         return TEXT_FORM
 
 
-class _Run:
-    """One rectangle of a lane: a chunk, or adjacent chunks of one state merged into one."""
+class _Run(NamedTuple):
+    """One rectangle of a lane: a chunk, or adjacent chunks merged into one."""
 
-    __slots__ = ("begin", "end", "state", "first_item", "items", "chunks", "failed")
-
-    def __init__(self, begin: float, end: float, state: str, first_item: int, items: int) -> None:
-        self.begin, self.end, self.state = begin, end, state
-        self.first_item, self.items, self.chunks = first_item, items, 1
-        self.failed = 1 if state == "failed" else 0
+    begin: float
+    end: float
+    state: str  # a merged run's: failed, else stopped, else running, else done
+    first_item: int
+    items: int
+    chunks: int
+    failed: int
 
 
 class TimelineView:
@@ -103,14 +109,25 @@ class TimelineView:
             )
         self._lanes_hint = lanes_hint
         self._lanes: dict[int, int] = {}  # worker -> its lane, in the order workers appeared
+        self._due = -math.inf  # (the caller's clock) no redraw before this: the last was slow
         self.widget = TimelineHTML(
             self._render([], 0.0, 0.0, False, None), layout={"width": "100%"}
         )
         self.widget.add_class("nbparallel-timeline")
 
     def update(self, spans: Iterable[Span], start: float, now: float) -> None:
-        """Redraw: the call began at `start`; chunks still running extend to `now`."""
+        """Redraw: the call began at `start`; chunks still running extend to `now`.
+
+        A redraw reads every chunk (about 1 ms per 1,000). One that took over SLOW_REDRAW
+        seconds makes the next ones wait, so that drawing takes at most a tenth of the kernel's
+        time however many chunks the call has; calls sooner than that return at once."""
+        if now < self._due:
+            return
+        began = perf_counter()
         self.widget.value = self._render(spans, start, now, False, None)
+        cost = perf_counter() - began
+        if cost > SLOW_REDRAW:
+            self._due = now + cost * (1 - MAX_KERNEL_SHARE) / MAX_KERNEL_SHARE
 
     def finish(self, spans: Iterable[Span], start: float, end: float, summary: str) -> None:
         """The final drawing, with `summary` (plain text, one line) under it. A chunk still
@@ -167,32 +184,35 @@ class TimelineView:
         return "".join(parts)
 
 
+_FIELDS = operator.attrgetter(
+    "worker", "started", "sent", "state", "finished", "received", "first_item", "items"
+)
+
+
 def _lanes_of(spans: Iterable[Span], now: float, ended: bool) -> dict[int, list[_Chunk]]:
     """Each worker's chunks as (begin, end, state, first item, items), in the order given."""
     lanes: dict[int, list[_Chunk]] = {}
-    for span in spans:
-        begin = span.started
+    for worker, begin, sent, state, finished, received, first_item, items in map(_FIELDS, spans):
         if begin is None:
-            begin = span.sent
-        state = span.state
+            begin = sent
         if state == "running":
             end = now
             if ended:
                 state = "stopped"
-        elif span.finished is not None:
-            end = span.finished
+        elif finished is not None:
+            end = finished
         else:
-            end = span.received if span.received is not None else now
+            end = received if received is not None else now
         if begin > now:
             begin = now
         if end > now:
             end = now
         elif end < begin:
             end = begin
-        lane = lanes.get(span.worker)
+        lane = lanes.get(worker)
         if lane is None:
-            lane = lanes[span.worker] = []
-        lane.append((begin, end, state, span.first_item, span.items))
+            lane = lanes[worker] = []
+        lane.append((begin, end, state, first_item, items))
     return lanes
 
 
@@ -201,35 +221,33 @@ def _merged(chunks: list[_Chunk], merge_seconds: float) -> list[_Run]:
 
     Chunks of one state merge where they overlap, or touch and either is narrow; a narrow run
     takes in touching narrow chunks of any state and shows the most telling of them (a failure
-    first). What remains is at most two runs per `merge_seconds` of the lane, plus overlaps."""
+    first). What remains is at most two runs per `merge_seconds` of the lane, plus overlaps.
+    The run being built lives in local variables: this loop sees every chunk of the call."""
     chunks.sort()  # nearly sorted already (a worker runs its chunks in turn): cheap
-    in_order = iter(chunks)
-    current = _Run(*next(in_order))  # a lane has a chunk, or it would not be there
-    runs = [current]
-    for begin, end, state, first_item, items in in_order:
-        if state == current.state:
-            merge = begin < current.end or (
-                begin - current.end < merge_seconds
-                and (end - begin < merge_seconds or current.end - current.begin < merge_seconds)
-            )
+    runs: list[_Run] = []
+    begin0, end0, state0, first0, items0 = chunks[0]  # a lane has a chunk, or it is not there
+    count0, failed0 = 1, int(state0 == "failed")
+    for begin, end, state, first_item, items in itertools.islice(chunks, 1, None):
+        narrow = end - begin < merge_seconds
+        touching = begin - end0 < merge_seconds
+        if state == state0:
+            merge = begin < end0 or (touching and (narrow or end0 - begin0 < merge_seconds))
         else:
-            merge = (
-                begin - current.end < merge_seconds
-                and end - begin < merge_seconds
-                and current.end - current.begin < merge_seconds
-            )
+            merge = touching and narrow and end0 - begin0 < merge_seconds
         if merge:
-            if end > current.end:
-                current.end = end
-            current.chunks += 1
-            current.items += items
+            if end > end0:
+                end0 = end
+            count0 += 1
+            items0 += items
             if state == "failed":
-                current.failed += 1
-            if _SHOWN_FIRST[state] < _SHOWN_FIRST[current.state]:
-                current.state = state
+                failed0 += 1
+            if _SHOWN_FIRST[state] < _SHOWN_FIRST[state0]:
+                state0 = state
         else:
-            current = _Run(begin, end, state, first_item, items)
-            runs.append(current)
+            runs.append(_Run(begin0, end0, state0, first0, items0, count0, failed0))
+            begin0, end0, state0, first0, items0 = begin, end, state, first_item, items
+            count0, failed0 = 1, int(state == "failed")
+    runs.append(_Run(begin0, end0, state0, first0, items0, count0, failed0))
     return runs
 
 

@@ -237,6 +237,30 @@ def test_the_drawing_stays_small_however_many_workers_and_chunks():
     assert len(view.widget.value) < 100_000
 
 
+def test_a_slow_redraw_spaces_the_next_so_drawing_takes_a_tenth_of_the_kernel(monkeypatch):
+    from nbparallel import timeline
+
+    view = TimelineView(1)
+    spans = [running(1, 0, started=100.0)]
+    clock = iter([0.0, 0.5])  # the kernel's clock around the first redraw: it took 0.5 s
+    monkeypatch.setattr(timeline, "perf_counter", lambda: next(clock))
+    view.update(spans, start=100.0, now=101.0)
+    first = view.widget.value
+    monkeypatch.setattr(timeline, "perf_counter", lambda: 0.0)  # the next ones are quick
+    view.update(spans, start=100.0, now=105.0)  # 4 s later: sooner than 9 x 0.5 s
+    assert view.widget.value == first
+    view.update(spans, start=100.0, now=105.6)
+    assert view.widget.value != first
+    ticks_then = drawn(view).ticks()
+    view.update(spans, start=100.0, now=130.0)  # quick redraws space nothing
+    assert drawn(view).ticks() != ticks_then
+    # The end is drawn whatever came before it.
+    monkeypatch.setattr(timeline, "perf_counter", iter([0.0, 9.0, 0.0, 0.0]).__next__)
+    view.update(spans, start=100.0, now=131.0)
+    view.finish(spans, start=100.0, end=131.5, summary="done")
+    assert drawn(view).summary == "done"
+
+
 def test_finish_draws_the_end_with_the_summary_under_it_escaped():
     view = TimelineView(2)
     spans = [done(1, 0, 100.0, 101.0), running(2, 1, started=100.5)]
