@@ -10,7 +10,6 @@ the kernel's time while a call runs (slower redraws space the next ones themselv
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import statistics
 import sys
@@ -19,21 +18,10 @@ from pathlib import Path
 
 from nbparallel.timeline import TimelineView
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.spans import Span  # noqa: E402 - the repository's tests, beside this folder
+
 WORKERS, ROUNDS, PER_ROUND = 8, 7, 10
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Span:
-    """The fields of nbparallel.insights.ChunkSpan."""
-
-    worker: int
-    first_item: int
-    items: int
-    sent: float
-    started: float | None
-    finished: float | None
-    received: float | None
-    state: str
 
 
 def spans(chunks: int, seconds: float, failing_every: int = 0) -> list[Span]:

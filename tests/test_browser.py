@@ -8,13 +8,17 @@ its summary. Screenshots are kept in test-artifacts/.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
 
 from .browser import CHROMIUM_FLAGS, JupyterLab, find_or_install_chromium
+from .conftest import ROOT
 
 ARTIFACTS = Path(
     os.environ.get(
@@ -34,20 +38,11 @@ CELLS = [
 # chunks of known lengths (one failed, one worker starved for work), drawn 20 times a second on
 # a clock that advances 0.2 s per redraw.
 TIMELINE_CELLS = [
-    """import dataclasses, time
+    f"""import sys, time
 from IPython.display import display
 from nbparallel.timeline import TimelineView
-
-@dataclasses.dataclass(frozen=True)
-class Span:
-    worker: int
-    first_item: int
-    items: int
-    sent: float
-    started: float | None
-    finished: float | None
-    received: float | None
-    state: str
+sys.path.insert(0, {str(ROOT)!r})
+from tests.spans import Span  # the fields of nbparallel.insights.ChunkSpan
 
 plan = []  # (worker, begin, seconds, failed): a worker's chunks back to back
 for lane, lengths in enumerate([[0.4] * 9, [0.3, 0.5] * 4, [0.25] * 14, [0.6, 0.6]]):
@@ -141,98 +136,88 @@ def open_notebook(page, url: str) -> None:
     )
 
 
-def run_all(page) -> None:
-    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-    page.click('.lm-Menu-item[data-command="runmenu:run-all"]')
+@contextlib.contextmanager
+def notebook_run(chromium: str, url: str, height: int, recorder: str) -> Iterator[Any]:
+    """A page of Chromium on the notebook at `url`, where `recorder` (a script that watches the
+    page) was started before Run All was clicked; closed on leaving."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": height})
+            open_notebook(page, url)
+            page.evaluate(recorder)
+            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+            page.click('.lm-Menu-item[data-command="runmenu:run-all"]')
+            yield page
+        finally:
+            browser.close()
 
 
 def test_progress_bars_render_move_and_end_green_then_red_in_jupyterlab(chromium, lab, tmp_path):
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
-    )
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1300})
-            open_notebook(page, f"{lab.url}/lab/tree/progress.ipynb")
-            page.evaluate(RECORD_WIDTHS)
-            run_all(page)
+    with notebook_run(chromium, f"{lab.url}/lab/tree/progress.ipynb", 1300, RECORD_WIDTHS) as page:
+        bars = page.locator(".widget-hprogress .progress-bar")
+        page.wait_for_function(
+            "() => document.querySelectorAll('.widget-hprogress .progress-bar.progress-bar-danger').length == 1",
+            timeout=120_000,
+        )
+        page.get_by_text("ZeroDivisionError").first.wait_for(timeout=30_000)  # the map's own error
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "progress-widget.png"))
+        top = page.locator(".jp-Cell").nth(1).bounding_box()
+        bottom = page.locator(".nbparallel-progress").nth(1).bounding_box()
+        assert top is not None and bottom is not None
+        page.screenshot(
+            path=str(ARTIFACTS / "progress-widget-cells.png"),
+            clip={
+                "x": top["x"],
+                "y": top["y"],
+                "width": top["width"],
+                "height": bottom["y"] + bottom["height"] - top["y"] + 8,
+            },
+        )
 
-            bars = page.locator(".widget-hprogress .progress-bar")
-            page.wait_for_function(
-                "() => document.querySelectorAll('.widget-hprogress .progress-bar.progress-bar-danger').length == 1",
-                timeout=120_000,
-            )
-            page.get_by_text("ZeroDivisionError").first.wait_for(
-                timeout=30_000
-            )  # the map's own error
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "progress-widget.png"))
-            top = page.locator(".jp-Cell").nth(1).bounding_box()
-            bottom = page.locator(".nbparallel-progress").nth(1).bounding_box()
-            assert top is not None and bottom is not None
-            page.screenshot(
-                path=str(ARTIFACTS / "progress-widget-cells.png"),
-                clip={
-                    "x": top["x"],
-                    "y": top["y"],
-                    "width": top["width"],
-                    "height": bottom["y"] + bottom["height"] - top["y"] + 8,
-                },
-            )
-
-            assert bars.count() == 2
-            first, second = bars.nth(0), bars.nth(1)
-            assert "progress-bar-success" in first.get_attribute("class")
-            assert first.evaluate("bar => bar.style.width") == "100%"
-            assert "progress-bar-danger" in second.get_attribute("class")
-            widths = page.evaluate("() => window.nbparallelWidths[0]")
-            moving = [w for w in widths if w not in ("", "0%", "100%")]
-            assert len(moving) >= 3, f"the bar did not move live; widths seen: {widths}"
-            numbers = page.locator(".nbparallel-progress .widget-html-content").all_inner_texts()
-            assert any(text.startswith("40/40 items") for text in numbers), numbers
-            assert any("1 error" in text for text in numbers), numbers
-            assert page.locator(".nbparallel-worker").count() >= 2
-            body = page.inner_text("body")
-            assert "Error displaying widget" not in body and "Loading widget" not in body
-        finally:
-            browser.close()
+        assert bars.count() == 2
+        first, second = bars.nth(0), bars.nth(1)
+        assert "progress-bar-success" in first.get_attribute("class")
+        assert first.evaluate("bar => bar.style.width") == "100%"
+        assert "progress-bar-danger" in second.get_attribute("class")
+        widths = page.evaluate("() => window.nbparallelWidths[0]")
+        moving = [w for w in widths if w not in ("", "0%", "100%")]
+        assert len(moving) >= 3, f"the bar did not move live; widths seen: {widths}"
+        numbers = page.locator(".nbparallel-progress .widget-html-content").all_inner_texts()
+        assert any(text.startswith("40/40 items") for text in numbers), numbers
+        assert any("1 error" in text for text in numbers), numbers
+        assert page.locator(".nbparallel-worker").count() >= 2
+        body = page.inner_text("body")
+        assert "Error displaying widget" not in body and "Loading widget" not in body
 
 
 def test_the_timeline_renders_its_lanes_live_and_keeps_its_summary_in_jupyterlab(chromium, lab):
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
-    )
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            open_notebook(page, f"{lab.url}/lab/tree/timeline.ipynb")
-            page.evaluate(RECORD_BLOCKS)
-            run_all(page)
-            summary = page.locator(".nbparallel-timeline-summary")
-            summary.wait_for(timeout=120_000)
-            assert summary.inner_text().startswith("efficiency 76% · worker 41003 waited")
+    with notebook_run(chromium, f"{lab.url}/lab/tree/timeline.ipynb", 900, RECORD_BLOCKS) as page:
+        summary = page.locator(".nbparallel-timeline-summary")
+        summary.wait_for(timeout=120_000)
+        assert summary.inner_text().startswith("efficiency 76% · worker 41003 waited")
 
-            timeline = page.locator(".nbparallel-timeline svg")
-            assert timeline.count() == 1 and timeline.is_visible()
-            lanes = page.locator(".nbparallel-timeline g.nbparallel-lane")
-            assert lanes.count() == 4
-            assert lanes.locator("text").all_text_contents() == ["41000", "41001", "41002", "41003"]
-            # Drawn, not only in the DOM: the lanes have their width on the page.
-            box = timeline.bounding_box()
-            assert box is not None and box["width"] > 400 and box["height"] > 60
-            assert page.locator('.nbparallel-timeline g[data-state="failed"] rect').count() == 1
-            blocks = page.locator(".nbparallel-timeline g[data-state] rect").count()
-            assert blocks >= 25, blocks
-            seen = page.evaluate("() => window.nbparallelBlocks")
-            assert len([n for n in seen if 0 < n < blocks]) >= 3, f"it did not move live: {seen}"
-            body = page.inner_text("body")
-            assert "Error displaying widget" not in body and "Loading widget" not in body
+        timeline = page.locator(".nbparallel-timeline svg")
+        assert timeline.count() == 1 and timeline.is_visible()
+        lanes = page.locator(".nbparallel-timeline g.nbparallel-lane")
+        assert lanes.count() == 4
+        assert lanes.locator("text").all_text_contents() == ["41000", "41001", "41002", "41003"]
+        # Drawn, not only in the DOM: the lanes have their width on the page.
+        box = timeline.bounding_box()
+        assert box is not None and box["width"] > 400 and box["height"] > 60
+        assert page.locator('.nbparallel-timeline g[data-state="failed"] rect').count() == 1
+        blocks = page.locator(".nbparallel-timeline g[data-state] rect").count()
+        assert blocks >= 25, blocks
+        seen = page.evaluate("() => window.nbparallelBlocks")
+        assert len([n for n in seen if 0 < n < blocks]) >= 3, f"it did not move live: {seen}"
+        body = page.inner_text("body")
+        assert "Error displaying widget" not in body and "Loading widget" not in body
 
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "timeline-page.png"))
-            output = page.locator(".jp-Cell").nth(1).locator(".jp-OutputArea-output")
-            output.screenshot(path=str(ARTIFACTS / "timeline.png"))  # docs/timeline.png is one
-        finally:
-            browser.close()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "timeline-page.png"))
+        output = page.locator(".jp-Cell").nth(1).locator(".jp-OutputArea-output")
+        output.screenshot(path=str(ARTIFACTS / "timeline.png"))  # docs/timeline.png is one

@@ -17,23 +17,11 @@ from nbparallel.timeline import (
     TimelineView,
 )
 
+from .conftest import ROOT
 from .kernel import Kernel
+from .spans import Span
 
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Span:
-    """The fields of nbparallel.insights.ChunkSpan that the timeline reads."""
-
-    worker: int
-    first_item: int
-    items: int
-    sent: float
-    started: float | None
-    finished: float | None
-    received: float | None
-    state: str
 
 
 def done(worker: int, first_item: int, started: float, finished: float, items: int = 1) -> Span:
@@ -309,20 +297,11 @@ def test_a_lanes_hint_that_is_not_a_count_is_refused():
 # --- in a real kernel ------------------------------------------------------------------
 
 LIVE = '''
-import dataclasses, os, threading, time
+import os, sys, threading, time
 from IPython.display import display
 from nbparallel.timeline import TimelineView
-
-@dataclasses.dataclass(frozen=True)
-class Span:
-    worker: int
-    first_item: int
-    items: int
-    sent: float
-    started: float | None
-    finished: float | None
-    received: float | None
-    state: str
+sys.path.insert(0, ROOT)
+from tests.spans import Span
 
 def draw_until(view, path, deadline=30):
     """Chunks of 0.1 s alternating on two workers, redrawn 20 times a second until `path` exists."""
@@ -352,7 +331,7 @@ def test_the_timeline_moves_in_a_kernel_and_keeps_its_final_state(tmp_path):
     marker = tmp_path / "stop"
     kernel = Kernel(tmp_path)
     try:
-        reply = kernel.ok(LIVE.replace("PATH", repr(str(marker))))
+        reply = kernel.ok(LIVE.replace("PATH", repr(str(marker))).replace("ROOT", repr(str(ROOT))))
         assert reply.results == ["nbparallel timeline"]  # what nbval compares
         (model_id,) = reply.widget_views
         state = kernel.widgets[model_id]
