@@ -28,13 +28,13 @@ MAX_PLOT_HEIGHT = 320  # many workers make thinner lanes, down to MIN_LANE_PITCH
 MAX_LANES = MAX_PLOT_HEIGHT // MIN_LANE_PITCH
 AXIS_HEIGHT = 22
 MIN_WALL = 0.001  # seconds: the axis of a call that has just begun
-# A block narrower than this (SVG units) joins its neighbour of the same state: back-to-back
+# A block narrower than this (SVG units) joins its touching neighbour (see _merged): back-to-back
 # blocks that narrow would look like one bar anyway. Wider ones keep a seam between them.
 MERGE_WIDTH = 3.0
 SEAM = 0.6
 MAX_RECTS = 1200  # beyond, blocks merge at twice the width, and again: about 100 kB at most
-SLOW_REDRAW = 0.02  # seconds; a redraw slower than this (some 20,000 chunks) spaces the next
-MAX_KERNEL_SHARE = 0.1  # ... so that drawing takes at most this share of the kernel's time
+SLOW_REDRAW = 0.02  # seconds; a redraw slower than this (tens of thousands of chunks) spaces
+MAX_KERNEL_SHARE = 0.1  # the next ones, so that drawing takes at most this share of the kernel
 TITLES_UP_TO = 400  # rectangles: beyond, no tooltip per chunk (they are most of the bytes)
 
 # The progress bar's colours in JupyterLab's theme (the light theme's as fallback): blue while it
@@ -118,7 +118,7 @@ class TimelineView:
     def update(self, spans: Iterable[Span], start: float, now: float) -> None:
         """Redraw: the call began at `start`; chunks still running extend to `now`.
 
-        A redraw reads every chunk (about 1 ms per 1,000). One that took over SLOW_REDRAW
+        A redraw reads every chunk (1 to 3 ms per 1,000 on a laptop-class CPU). One that took over SLOW_REDRAW
         seconds makes the next ones wait, so that drawing takes at most a tenth of the kernel's
         time however many chunks the call has; calls sooner than that return at once."""
         if now < self._due:
