@@ -118,7 +118,7 @@ class TimelineView:
     def update(self, spans: Iterable[Span], start: float, now: float) -> None:
         """Redraw: the call began at `start`; chunks still running extend to `now`.
 
-        A redraw reads every chunk (1 to 3 ms per 1,000 on a laptop-class CPU). One that took over SLOW_REDRAW
+        A redraw reads every chunk (1 to 3 ms per 1,000 on our test machine). One that took over SLOW_REDRAW
         seconds makes the next ones wait, so that drawing takes at most a tenth of the kernel's
         time however many chunks the call has; calls sooner than that return at once."""
         if now < self._due:
