@@ -62,6 +62,86 @@ def megabyte(_):
 BIG = None  # the notebook global of workload 6, assigned after the pool started
 
 
+# MPIRE's three benchmark shapes (its README; github.com/sybrenjansen/multiprocessing_benchmarks),
+# scaled to 2 cores. Each task gets its worker's state: the image, the counter, the model.
+
+
+def process_image(image, image_filter):
+    """Numerical computation: the same image through each filter."""
+    import scipy.signal
+
+    return scipy.signal.convolve2d(image, image_filter)[::5, ::5]
+
+
+class StreamingPrefixCount:
+    """Stateful computation: each worker counts word prefixes over the documents it gets."""
+
+    def __init__(self):
+        from collections import defaultdict
+
+        self.prefix_count = defaultdict(int)
+
+    def add_document(self, document):
+        """Count the document's prefixes; those that just became popular (seen 4 times) in this
+        worker: over a call, their union is the union of every worker's popular prefixes."""
+        popular = set()
+        for word in document:
+            for i in range(1, len(word)):
+                prefix = word[:i]
+                self.prefix_count[prefix] += 1
+                if self.prefix_count[prefix] == 4:
+                    popular.add(prefix)
+        return popular
+
+
+def add_document(counter, document):
+    return counter.add_document(document)
+
+
+class Model:
+    """Expensive initialization: a trained scikit-learn network, loaded from a file."""
+
+    def __init__(self, path):
+        import pickle
+
+        from sklearn.datasets import load_digits
+
+        with open(path, "rb") as file:
+            self.model = pickle.load(file)
+        self.x_test = load_digits().data / 16.0
+
+    def evaluate_next_batch(self, index):
+        return self.model.predict_proba(self.x_test) + index
+
+
+def evaluate_next_batch(model, index):
+    return model.evaluate_next_batch(index)
+
+
+def identity(value):
+    return value
+
+
+WORKER_STATE = None  # set in each worker by the initializer of stdlib-like pools
+
+
+def set_worker_state(factory):
+    global WORKER_STATE
+    WORKER_STATE = factory()
+
+
+def with_worker_state(task, item):
+    return task(WORKER_STATE, item)
+
+
+def set_mpire_state(factory, worker_state):
+    worker_state["state"] = factory()
+
+
+def with_mpire_state(task, worker_state, item):
+    return task(worker_state["state"], item)
+
+
 # --- the libraries, each used the way its documentation shows -------------------------------
 
 
@@ -70,6 +150,24 @@ class Library:
 
     def map(self, func, items, chunksize=None):
         raise NotImplementedError
+
+    def map_with_state(self, factory, task, items, calls):
+        """`calls` maps of `task(state, item)`, after every worker made its `state = factory()`
+        once, as the library's documentation shows (a pool initializer here: a new pool)."""
+        import functools
+
+        pool = self.pool_with_initializer(set_worker_state, (factory,))
+        try:
+            func = functools.partial(with_worker_state, task)
+            return [
+                list(pool.map(func, items, chunksize=self.state_chunksize(items)))
+                for _ in range(calls)
+            ]
+        finally:
+            pool.shutdown() if hasattr(pool, "shutdown") else pool.terminate()
+
+    def state_chunksize(self, items):
+        return max(1, -(-len(items) // (WORKERS * 4)))
 
     def close(self):
         pass
@@ -84,6 +182,12 @@ class NbParallel(Library):
 
     def map(self, func, items, chunksize=None):
         return self.parallel.map(func, items, chunksize=chunksize)
+
+    def map_with_state(self, factory, task, items, calls):
+        """The README's way: an every-worker cell makes the state once in each worker of the
+        running pool; later tasks there use the name it defined."""
+        self.parallel.run_on_every_worker("per_worker = factory()", {"factory": factory})
+        return [self.parallel.map(lambda item: task(per_worker, item), items) for _ in range(calls)]  # noqa: F821
 
     def tiny_call_seconds(self, progress):
         """Workload 3 once, with the text bar (this is a script) on or off."""
@@ -143,6 +247,11 @@ class Stdlib(Library):
     def close(self):
         self.pool.terminate()
 
+    def pool_with_initializer(self, initializer, initargs):
+        import multiprocessing
+
+        return multiprocessing.Pool(WORKERS, initializer, initargs)
+
 
 class StdlibSpawn(Stdlib):
     def __init__(self):
@@ -150,12 +259,21 @@ class StdlibSpawn(Stdlib):
 
         self.pool = multiprocessing.get_context("spawn").Pool(WORKERS)
 
+    def pool_with_initializer(self, initializer, initargs):
+        import multiprocessing
+
+        return multiprocessing.get_context("spawn").Pool(WORKERS, initializer, initargs)
+
 
 class Serial(Library):
     """No parallelism: the baseline for speedups and memory."""
 
     def map(self, func, items, chunksize=None):
         return list(map(func, items))
+
+    def map_with_state(self, factory, task, items, calls):
+        state = factory()
+        return [[task(state, item) for item in items] for _ in range(calls)]
 
 
 class Multiprocess(Stdlib):
@@ -165,6 +283,11 @@ class Multiprocess(Stdlib):
         import multiprocess
 
         self.pool = multiprocess.Pool(WORKERS)
+
+    def pool_with_initializer(self, initializer, initargs):
+        import multiprocess
+
+        return multiprocess.Pool(WORKERS, initializer, initargs)
 
 
 class Futures(Library):
@@ -185,6 +308,11 @@ class Futures(Library):
 
     def close(self):
         self.pool.shutdown()
+
+    def pool_with_initializer(self, initializer, initargs):
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(WORKERS, initializer=initializer, initargs=initargs)
 
 
 class Joblib(Library):
@@ -209,6 +337,26 @@ class Mpire(Library):
 
     def close(self):
         self.pool.terminate()
+
+    def map_with_state(self, factory, task, items, calls):
+        """MPIRE's way (its benchmarks): a pool whose workers keep a worker_state that its
+        worker_init fills, kept alive across the calls."""
+        import functools
+
+        from mpire import WorkerPool
+        from mpire.utils import make_single_arguments  # or MPIRE unpacks an item into arguments
+
+        items = make_single_arguments(items, generator=False)
+        with WorkerPool(WORKERS, use_dill=True, use_worker_state=True, keep_alive=True) as pool:
+            return [
+                pool.map(
+                    functools.partial(with_mpire_state, task),
+                    items,
+                    worker_init=functools.partial(set_mpire_state, factory),
+                    progress_bar=False,
+                )
+                for _ in range(calls)
+            ]
 
 
 class MpirePerMap(Mpire):
@@ -399,6 +547,8 @@ def workload(name, lib, repeats):
     if name == "big-results":
         lib.map(inc, range(2))
         return timed(lambda: lib.map(megabyte, range(1000)), repeats), extra
+    if name.startswith("mpire-"):
+        return mpire_shape(name, lib, repeats), extra
     if name == "imap-million":
         import psutil
 
@@ -412,6 +562,56 @@ def workload(name, lib, repeats):
         extra["parent_rss_growth_mb"] = (peak - before) / 2**20
         return [time.perf_counter() - started], extra
     raise SystemExit(f"unknown workload {name}")
+
+
+def mpire_shape(name, lib, repeats):
+    """Times of `repeats` runs of one of MPIRE's benchmarks: each run sets up every worker's
+    state, then maps (several times for the model, which is loaded once per worker)."""
+    import functools
+    import pickle
+    import tempfile
+
+    import numpy
+
+    lib.map(inc, range(2))  # the pool is running, as in a notebook
+    random = numpy.random.default_rng(42)
+    if name == "mpire-numerical":
+        image = numpy.zeros((1000, 1000))
+        items = [random.normal(size=(4, 4)) for _ in range(WORKERS * 6)]
+        factory, task, calls = functools.partial(identity, image), process_image, 1
+        # MPIRE concatenates array results into one array; the others give a list of arrays.
+        check = lambda results: numpy.asarray(results[0]).size == len(items) * 201 * 201  # noqa: E731
+    elif name == "mpire-stateful":
+        # Unbalanced documents of random 8-byte words, as MPIRE's benchmark makes them.
+        data = random.bytes(400 * 1000 * 8)
+        items, at = [], 0
+        for index in range(400):
+            words = 1000 + (500 if index % 2 == 0 else -500)
+            items.append([data[at + 8 * w : at + 8 * w + 8] for w in range(words)])
+            at = (at + 8 * words) % (len(data) - 8 * 1500)
+        factory, task, calls = StreamingPrefixCount, add_document, 1
+        check = lambda results: len(set().union(*results[0])) > 0  # noqa: E731
+    else:
+        from sklearn.datasets import load_digits
+        from sklearn.neural_network import MLPClassifier
+
+        digits = load_digits()
+        model = MLPClassifier(hidden_layer_sizes=(256,), max_iter=50, random_state=42)
+        model.fit(digits.data / 16.0, digits.target)
+        path = os.path.join(tempfile.mkdtemp(prefix="nbparallel-bench-"), "model.pickle")
+        with open(path, "wb") as file:
+            pickle.dump(model, file)
+        items = list(range(10))
+        factory, task, calls = functools.partial(Model, path), evaluate_next_batch, 5
+        check = lambda results: results[-1][9].shape == (len(digits.data), 10)  # noqa: E731
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        results = lib.map_with_state(factory, task, items, calls)
+        times.append(time.perf_counter() - started)
+        if not check(results):
+            raise AssertionError(f"wrong results in {name}")
+    return times
 
 
 def tree_rss_mb():

@@ -1,12 +1,16 @@
-"""Side-by-side benchmark of nbparallel and its peers, in one run, as ratios.
+"""Side-by-side benchmark of nbparallel and its peers, in one run, as paired ratios.
 
     python benchmarks/run.py [--only WORKLOAD ...] [--report-only]
 
-Every (library, workload) pair runs in a fresh process with a time limit (bench_one.py), a
-warm-up first, then several repetitions; the cold start runs in several fresh processes. Writes
-benchmarks/results/results.md (and results.json) with medians, min-max, ratios to the best peer
-and to serial, peak memory of the whole process tree, the targets of the performance issue, and
-the command. This machine is shared and noisy (2 cores): compare ratios, not seconds.
+The libraries of a workload run interleaved, in rounds (A B C, A B C, ...): each round runs every
+library once, each in a fresh process with a time limit (bench_one.py: a warm-up, then several
+repetitions); the cold start is one fresh process per round. A library's time is the median over
+rounds of its per-round medians, and its ratio to nbparallel is taken within each round (the
+libraries of one round saw about the same load), reported as the median ratio with its min-max
+over rounds; a row whose min-max straddles 1.0 is within noise. Writes benchmarks/results/
+results.md (and results.json) with those, peak memory of the whole process tree, the targets of
+the performance issue, and the command. This machine is shared and noisy (2 cores): compare
+ratios, not seconds.
 """
 
 from __future__ import annotations
@@ -25,38 +29,75 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PEERS = ["stdlib", "stdlib-spawn", "multiprocess", "futures", "joblib", "mpire", "pathos", "dask"]
+# Those with a per-worker initializer (MPIRE's worker_init, the others' initializer=).
+MPIRE_SHAPE_PEERS = ["mpire", "stdlib", "stdlib-spawn", "futures", "multiprocess"]
 WORKLOADS = {
-    # name: (libraries, repeats, time limit s)
-    "cold": (["nbparallel", *PEERS], 5, 120),
-    "warm-small": (["nbparallel", "nbparallel+progress", *PEERS], 50, 120),
-    "tiny-tasks": (["nbparallel", *PEERS], 5, 300),
+    # name: (libraries, rounds, repeats in each library's process per round, time limit s)
+    "cold": (["nbparallel", *PEERS], 5, 1, 120),
+    "warm-small": (["nbparallel", "nbparallel+progress", *PEERS], 3, 20, 120),
+    "tiny-tasks": (["nbparallel", *PEERS], 3, 3, 300),
     # The same items as a list, not a range (which nbparallel sends as ranges): the fast peers only.
-    "tiny-tasks-list": (["nbparallel", "stdlib", "stdlib-spawn", "multiprocess", "pathos"], 5, 300),
+    "tiny-tasks-list": (
+        ["nbparallel", "stdlib", "stdlib-spawn", "multiprocess", "pathos"],
+        3,
+        3,
+        300,
+    ),
     # A ratio of two medians on a shared machine (serial alone varies by 20%): more runs.
-    "cpu-bound": (["serial", "nbparallel", *PEERS], 9, 300),
-    "big-numpy-arg": (["serial", "nbparallel", *PEERS], 3, 300),
-    "big-global": (["serial", "nbparallel", *PEERS], 3, 300),
-    "heavy-closure": (["serial", "nbparallel", *PEERS], 3, 300),
-    "big-results": (["nbparallel", *PEERS], 3, 300),
+    "cpu-bound": (["serial", "nbparallel", *PEERS], 3, 3, 300),
+    "big-numpy-arg": (["serial", "nbparallel", *PEERS], 3, 2, 300),
+    "big-global": (["serial", "nbparallel", *PEERS], 3, 2, 300),
+    "heavy-closure": (["serial", "nbparallel", *PEERS], 3, 2, 300),
+    "big-results": (["nbparallel", *PEERS], 3, 2, 300),
+    # MPIRE's own benchmark shapes (its README): an image and filters, a per-worker state, a
+    # model loaded once per worker; every library with its own per-worker set-up.
+    "mpire-numerical": (["serial", "nbparallel", *MPIRE_SHAPE_PEERS], 3, 2, 300),
+    "mpire-stateful": (["serial", "nbparallel", *MPIRE_SHAPE_PEERS], 3, 2, 300),
+    "mpire-expensive-init": (["serial", "nbparallel", *MPIRE_SHAPE_PEERS], 3, 2, 300),
     # Progress on versus off, alternately: the text bar in a script, the widget in a real kernel.
-    "progress-overhead": (["nbparallel", "nbparallel-kernel"], 300, 300),
-    "imap-million": (["nbparallel"], 1, 300),
+    "progress-overhead": (["nbparallel", "nbparallel-kernel"], 1, 300, 300),
+    "imap-million": (["nbparallel"], 1, 1, 300),
 }
 
 
-def run_one(library: str, workload: str, repeats: int, limit: float) -> dict:
-    runs = repeats if workload == "cold" else 1
-    results = []
-    for _ in range(runs):
-        result = _bench(library, workload, 1 if workload == "cold" else repeats, limit)
-        if "error" in result:
-            return result
-        results.append(result)
-    merged = dict(results[0])
-    merged["times"] = [t for r in results for t in r["times"]]
-    merged["median"] = statistics.median(merged["times"])
-    merged["peak_mb"] = max(r["peak_mb"] for r in results)
+def run_rounds(workload: str, libraries: list[str], rounds: int, repeats: int, limit: float):
+    """Every library once per round, in turn, each in a fresh process. A library that fails is
+    left out of the later rounds (its error is what the table shows)."""
+    runs: dict[str, list[dict]] = {library: [] for library in libraries}
+    for number in range(rounds):
+        for library in libraries:
+            if runs[library] and "error" in runs[library][-1]:
+                continue
+            result = _bench(library, workload, repeats, limit)
+            runs[library].append(result)
+            shown = f"{result['median']:.4g} s" if "error" not in result else result["error"]
+            print(f"{workload:20} round {number + 1}/{rounds} {library:20} {shown}", flush=True)
+    return {library: _merge(done) for library, done in runs.items()}
+
+
+def _merge(runs: list[dict]) -> dict:
+    """One library's rounds: the median of its per-round medians, every time, the peak memory."""
+    if any("error" in r for r in runs):
+        return next(r for r in runs if "error" in r)
+    merged = dict(runs[-1])
+    merged["rounds"] = [r["median"] for r in runs]
+    merged["times"] = [t for r in runs for t in r["times"]]
+    merged["median"] = statistics.median(merged["rounds"])
+    merged["peak_mb"] = max(r["peak_mb"] for r in runs)
     return merged
+
+
+def paired(rows: dict[str, dict], library: str, base: str) -> list[float]:
+    """`library`'s time over `base`'s, round by round (a library that failed has no rounds)."""
+
+    def rounds(name: str) -> list[float]:
+        row = rows.get(name, {})
+        return row.get("rounds") or ([row["median"]] if "median" in row else [])
+
+    a, b = rounds(library), rounds(base)
+    if len(a) != len(b):
+        return []
+    return [x / y for x, y in zip(a, b, strict=True) if y]
 
 
 def _bench(library: str, workload: str, repeats: int, limit: float) -> dict:
@@ -113,14 +154,11 @@ def _first_json_line(stream) -> list[str]:
 
 def table(workload: str, rows: dict[str, dict]) -> list[str]:
     ok = {lib: r for lib, r in rows.items() if "error" not in r}
-    peers = [r["median"] for lib, r in ok.items() if lib in PEERS]
-    best_peer = min(peers) if peers else None
-    serial = ok.get("serial", {}).get("median")
     serial_mb = ok.get("serial", {}).get("peak_mb")
     lines = [
         f"### {workload}",
         "",
-        "| library | median s | min-max s | ratio to best peer | ratio to serial | peak MB (tree) | notes |",
+        "| library | median s | min-max s (all runs) | rounds | time / nbparallel's, paired by round: median (min-max) | peak MB (tree) | notes |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for lib, r in rows.items():
@@ -131,15 +169,17 @@ def table(workload: str, rows: dict[str, dict]) -> list[str]:
         memory = f"{r['peak_mb']:.0f}" + (
             f" ({r['peak_mb'] / serial_mb:.2f}x serial)" if serial_mb else ""
         )
+        ratios = paired(rows, lib, "nbparallel") if lib != "nbparallel" else []
+        versus = (
+            f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+            + (" within noise" if min(ratios) <= 1.0 <= max(ratios) else "")
+            if ratios
+            else ""
+        )
         lines.append(
             f"| {lib} | {r['median']:.4f} | {min(r['times']):.4f}-{max(r['times']):.4f} | "
-            f"{r['median'] / best_peer:.2f}x | "
-            if best_peer
-            else f"| {lib} | {r['median']:.4f} | {min(r['times']):.4f}-{max(r['times']):.4f} | | "
+            f"{len(r.get('rounds', [r['median']]))} | {versus} | {memory} | {extra} |"
         )
-        lines[-1] += (
-            f"{r['median'] / serial:.2f}x | " if serial else " | "
-        ) + f"{memory} | {extra} |"
     return lines + [""]
 
 
@@ -201,6 +241,8 @@ def targets(results: dict) -> list[str]:
     """The performance issue's targets, each checked against this file's numbers."""
     rows: list[tuple[str, str, bool | None, str]] = []
 
+    spreads: dict[float, str] = {}  # a paired ratio's min-max over rounds, by its median
+
     def check(
         name: str, what: str, value: float | None, limit: float, below: bool = True, unit: str = "x"
     ) -> None:
@@ -208,11 +250,17 @@ def targets(results: dict) -> list[str]:
             rows.append((what, "not measured", None, name))
             return
         met = value <= limit if below else value >= limit
-        rows.append((what, f"{value:.2f}{unit}", met, name))
+        rows.append((what, f"{value:.2f}{unit}{spreads.get(value, '')}", met, name))
 
     def ratio(workload: str, library: str, peer: str) -> float | None:
-        a, b = _median(results, workload, library), _median(results, workload, peer)
-        return a / b if a and b else None
+        """The median over rounds of `library`'s time over `peer`'s in the same round."""
+        ratios = paired(results.get(workload, {}), library, peer)
+        if not ratios:
+            return None
+        value = statistics.median(ratios)
+        noise = " within noise" if min(ratios) <= 1.0 <= max(ratios) else ""
+        spreads[value] = f" ({min(ratios):.2f}-{max(ratios):.2f}{noise})"
+        return value
 
     def memory(workload: str) -> float | None:
         r, s = (
@@ -365,8 +413,11 @@ def write_report(out: Path, runs: list[str], results: dict) -> None:
         "",
         f"On {platform.machine()}, Python {platform.python_version()}, 2 cores (shared, noisy: read ratios). "
         "Each library is used as a notebook user would (functions in `__main__`, lambdas where it can "
-        "send them), in its own process, warm-up first. 'Ratio to best peer' compares with the fastest "
-        "peer in the same table; peak memory is the whole process tree.",
+        "send them), in its own process, warm-up first. The libraries of a workload run interleaved in "
+        "rounds (each round runs each library once, in a fresh process); a time is the median of the "
+        "per-round medians, and a ratio is taken within each round, then its median and min-max over "
+        "the rounds are shown: 'within noise' marks a ratio whose min-max straddles 1.0 (the two "
+        "swapped places between rounds). Peak memory is the whole process tree.",
         "",
         *targets(results),
     ]
@@ -401,16 +452,13 @@ def main() -> None:
     if not args.report_only:
         started = time.time()
         for workload in args.only:
-            libraries, repeats, limit = WORKLOADS[workload]
-            results[workload] = {}
-            for library in libraries:
-                results[workload][library] = run_one(library, workload, repeats, limit)
-                r = results[workload][library]
-                print(f"{workload:18} {library:20} {r.get('median', r.get('error'))}", flush=True)
+            libraries, rounds, repeats, limit = WORKLOADS[workload]
+            results[workload] = run_rounds(workload, libraries, rounds, repeats, limit)
         command = "python benchmarks/run.py" + (f" --only {' '.join(args.only)}" if partial else "")
         runs.append(
             f"`{command}`, run {time.strftime('%Y-%m-%d %H:%M')} in {time.time() - started:.0f} s"
         )
+        print(f"ran in {time.time() - started:.0f} s", flush=True)
         kept.write_text(json.dumps({"runs": runs, "results": results}, indent=1))
     write_report(out, runs, results)
 
