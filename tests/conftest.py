@@ -28,6 +28,11 @@ def pytest_configure(config):
     Made here rather than at import: workers (ours and Dask's) import this module to unpickle a
     test's function, and each would otherwise leave a directory of its own behind."""
     os.environ["NBPARALLEL_STATE_DIR"] = tempfile.mkdtemp(prefix="nbparallel-test-state-")
+    # A shell starts a background job (`bash .ci/run &`) with SIGINT ignored, and Python then
+    # keeps it ignored, so neither Ctrl-C nor _thread.interrupt_main() would reach the interrupt
+    # tests: give this run the handler a foreground Python has.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def wait_until(condition, timeout: float = 10.0, interval: float = 0.02):
