@@ -131,9 +131,11 @@ class Dispatcher(threading.Thread):
     def _on_worker_exit(self, conn: Connection) -> None:
         """A worker's socket closed: it exited or was killed. Tell its running task's caller
         why, queue its other tasks again, and start a replacement."""
-        conn.close()
         pool = self._pool
         with pool.lock:
+            # Under the lock: shutdown() and woken() close workers' connections too, and two
+            # threads closing one Connection at once would close its fd number twice.
+            conn.close()
             worker = pool.workers.get(conn)
             if worker is None:
                 return  # shut down, restarted or retired on purpose

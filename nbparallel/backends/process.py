@@ -268,8 +268,8 @@ class ProcessPool:
         with self.lock:
             self._woken = False
             closing, self._closing = self._closing, []
-        for conn in closing:
-            conn.close()
+            for conn in closing:  # under the lock, as the dispatcher closes a dead worker's
+                conn.close()
 
     # --- workers coming and going -----------------------------------------------------------
 
