@@ -318,7 +318,7 @@ def _run(
             tracker.cancel(stop_running=False)
             unyielded = {
                 first + offset: result
-                for first, results in waiting.items()
+                for first, results in {**waiting, **tracker.finished_in(events)}.items()
                 for offset, result in enumerate(results)
             }
             keep_partial({**unyielded, **tracker.failing_chunk})

@@ -9,6 +9,7 @@ out of the chunk and run the rest again.
 from __future__ import annotations
 
 import dataclasses
+import queue
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -259,6 +260,25 @@ class Tracker:
         return Finished(
             chunk, values, failed, getattr(event, "seconds", 0.0), getattr(event, "nbytes", 0)
         )
+
+    def finished_in(self, events: queue.SimpleQueue[Any]) -> dict[int, list[Any]]:
+        """The results of chunks that finished but still wait in `events` once the call has
+        stopped (a Stop or a failure came between two events), by position: kept, not lost.
+        The call has already raised, so results that fail to load are left out, not raised."""
+        found: dict[int, list[Any]] = {}
+        while True:
+            try:
+                event = events.get_nowait()
+            except queue.Empty:
+                return found
+            if not isinstance(event, messages.TaskDone):
+                continue
+            try:
+                finished = self.accept(event)
+            except Exception:  # noqa: BLE001 - results that cannot be rebuilt: the call is over
+                continue
+            if finished is not None:
+                found[finished.chunk.position] = finished.results
 
     def cancel(self, stop_running: bool) -> None:
         """Stop listening; the backend drops the call's queued chunks (and with `stop_running`,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import queue
 import traceback
 
 import pytest
 
-from nbparallel import WorkerDiedError, messages, outcomes, serialize, tasks
+from nbparallel import WorkerDiedError, calls, messages, outcomes, serialize, tasks
 from nbparallel.outcomes import Tracker
+from nbparallel.progressbar import Progress
 
 
 class RecordingBackend:
@@ -183,3 +185,19 @@ def test_without_notes_an_exception_from_a_thread_keeps_its_own_cause_after_the_
     shown = formatted(error)
     assert f"worker pid {os.getpid()} on item 2: 'row'" in shown
     assert "KeyError: 'missing'" in shown and "ValueError: bad row" in shown
+
+
+def test_results_still_queued_when_a_call_stops_are_kept_for_partial_results():
+    """A Stop (the Stop button, a background call's cancel) can come while finished chunks'
+    results wait behind it in the call's queue: they are kept by position, not lost."""
+    track, _ = tracker()
+    first, second = chunk_of([10, 11], position=0), chunk_of([12], position=2)
+    track.send(first)
+    track.send(second)
+    events: queue.SimpleQueue[object] = queue.SimpleQueue()
+    events.put(calls.STOP)
+    events.put(done(first.task_id, [10, 11]))
+    kept: dict[int, object] = {}
+    with pytest.raises(calls.CallStopped):
+        list(calls._run(track, events, lambda: Progress(None, False, "f"), True, kept.update))
+    assert kept == {0: 10, 1: 11}
