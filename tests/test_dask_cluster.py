@@ -188,7 +188,9 @@ def test_a_worker_that_exits_before_it_joins_fails_the_call_and_says_its_exit_co
         session.map(abs, [1], backend="dask")
 
 
-def test_dask_insights_come_from_the_schedulers_task_stream_and_name_the_dask_workers(session):
+def test_dask_insights_come_from_the_schedulers_task_stream_and_name_the_dask_workers(
+    session, tmp_path
+):
     """On a user's dask cluster (two workers in one process: one pid), a map without insights
     adds no task stream plugin to the scheduler; one with insights names the dask worker of
     each row and chunk, and the time dask spent moving large items between its workers comes
@@ -232,3 +234,12 @@ def test_dask_insights_come_from_the_schedulers_task_stream_and_name_the_dask_wo
     ours = sum(cost.load_seconds + cost.dump_seconds for cost in record.costs)
     dasks = sum(cost.cluster_transfer_seconds for cost in record.costs)
     assert rows[first].transfer == pytest.approx(ours + dasks)
+    # The Chrome trace: the dask worker's track, with dask's transfers as slices of their own.
+    record.to_chrome_trace(tmp_path / "trace.json")
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    (track,) = {
+        e["pid"] for e in events if e["ph"] == "M" and e["args"]["name"] == f"worker {first}"
+    }
+    moves = [e for e in events if e.get("cat") == "dask"]
+    assert {e["name"] for e in moves} == {"dask transfer"} and {e["pid"] for e in moves} == {track}
+    assert len(moves) == len(fetched)
