@@ -118,7 +118,10 @@ def _worker_rows(
     for span, cost in zip(spans, costs, strict=True):
         ran.setdefault(span.worker_id, []).append((span, cost))
     known = {w.name or w.pid: w for w in pool}
-    idle = [who for who in known if who not in ran][: max(0, worker_count - len(ran))]
+    # A dask worker ran chunks that its address does not name if the task stream was not read.
+    by_pid = {span.worker for span in spans if not span.worker_name}
+    idle = [who for who, w in known.items() if who not in ran and w.pid not in by_pid]
+    idle = idle[: max(0, worker_count - len(ran))]
     rows = []
     for who in [*ran, *idle]:
         chunks = ran.get(who, [])
