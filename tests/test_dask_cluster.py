@@ -201,8 +201,8 @@ def test_dask_insights_come_from_the_schedulers_task_stream_and_name_the_dask_wo
 
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as their_cluster,  # in this process: inproc:// addresses, nothing listens
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
+        ) as their_cluster,  # in this process (inproc://); only its HTTP server listens, on loopback
         distributed.Client(their_cluster) as client,
     ):  # fmt: skip
         session.configure(backend="dask", address=client, workers=2)
