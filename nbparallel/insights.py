@@ -34,6 +34,13 @@ class ChunkSpan:
     finished: float | None  # the worker had its results serialized
     received: float | None  # the kernel read the answer
     state: str  # "running", "done" or "failed"
+    worker_name: str = ""  # dask: the worker's address, from the scheduler's task stream
+
+    @property
+    def worker_id(self) -> int | str:
+        """Who ran it: the dask worker's address where known (workers of one process share a
+        pid), else the pid."""
+        return self.worker_name or self.worker
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,6 +58,18 @@ class ChunkCost:
     receive_seconds: float  # the kernel loading the results
     group_items: Sequence[int] = ()  # the items' times, in chunk order: items timed together,
     group_seconds: Sequence[float] = ()  # and the seconds each of them took
+    # dask: what the scheduler's task stream says dask did for the task, (action, start, stop)
+    cluster_steps: Sequence[tuple[str, float, float]] = ()
+
+    @property
+    def cluster_transfer_seconds(self) -> float:
+        """dask fetching the task's inputs from other workers, or deserializing the task."""
+        return _steps_seconds(self.cluster_steps, ("transfer", "deserialize"))
+
+    @property
+    def cluster_disk_seconds(self) -> float:
+        """dask reading the task's inputs back from disk, or spilling its result there."""
+        return _steps_seconds(self.cluster_steps, ("disk-read", "disk-write"))
 
     @property
     def item_seconds(self) -> list[float]:
@@ -60,6 +79,10 @@ class ChunkCost:
             for count, each in zip(self.group_items, self.group_seconds, strict=True)
             for _ in range(count)
         ]
+
+
+def _steps_seconds(steps: Sequence[tuple[str, float, float]], actions: tuple[str, ...]) -> float:
+    return sum(stop - start for action, start, stop in steps if action in actions)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,8 +95,15 @@ class WorkerInsight:
     startup: float  # starting (only a worker that started during the call)
     waiting: float  # with nothing to do (no chunk had reached it, or the call was ending)
     working: float  # in the function, on items
-    transfer: float  # loading items and serializing results
+    transfer: (
+        float  # loading items and serializing results (dask: and what it moved, read, spilled)
+    )
     wall: float  # the call's wall time
+    name: str = ""  # dask: the worker's address
+
+    @property
+    def label(self) -> str:
+        return self.name or str(self.pid)
 
     def share(self, part: str) -> float:
         """`part` ("startup", "waiting", "working" or "transfer") as a fraction of the wall time."""
@@ -135,11 +165,12 @@ class Insights:
         return f"{line} · {self.hints[0]}" if self.hints else line
 
     def __repr__(self) -> str:
+        width = max([8, *(len(w.label) for w in self.workers)])  # a dask address is longer
         lines = [
             f"nbparallel insights: {self.name}, {self.items:,} items in {len(self.chunks):,} "
             f"chunks on {self.worker_count} workers ({self.backend}), {self.wall:.3f} s, "
             f"efficiency {self.efficiency:.0%}",
-            f"  {'worker':>8} {'tasks':>6} {'items':>8}"
+            f"  {'worker':>{width}} {'tasks':>6} {'items':>8}"
             + "".join(f" {title:>14}" for title in ("start-up", "waiting", "working", "transfer")),
         ]
         for w in self.workers:
@@ -147,7 +178,7 @@ class Insights:
                 f" {getattr(w, part):>8.3f}s {w.share(part):>4.0%}"
                 for part in ("startup", "waiting", "working", "transfer")
             )
-            lines.append(f"  {w.pid:>8} {w.tasks:>6} {w.items:>8}{parts}")
+            lines.append(f"  {w.label:>{width}} {w.tasks:>6} {w.items:>8}{parts}")
         lines.append(
             f"  kernel: {self.kernel_send_seconds:.3f} s sending items, "
             f"{self.kernel_receive_seconds:.3f} s loading results"
@@ -213,13 +244,33 @@ def chrome_trace_events(record: Insights, items: bool = False) -> list[dict[str,
     def micros(moment: float) -> float:
         return round((moment - record.start) * 1e6, 3)
 
+    # A track per worker: its pid, or for dask workers (which may share a process) a number.
+    names = sorted({span.worker_name for span in record.chunks if span.worker_name})
+    tracks = {name: number for number, name in enumerate(names, 1)}
+
+    def track_of(span: ChunkSpan) -> int:
+        return tracks[span.worker_name] if span.worker_name else span.worker
+
     events: list[dict[str, Any]] = []
-    for pid in sorted({span.worker for span in record.chunks}):
+    for who, track in {span.worker_id: track_of(span) for span in record.chunks}.items():
         for kind in ("process_name", "thread_name"):
             events.append(
-                {"name": kind, "ph": "M", "pid": pid, "tid": pid, "args": {"name": f"worker {pid}"}}
+                {
+                    "name": kind,
+                    "ph": "M",
+                    "pid": track,
+                    "tid": track,
+                    "args": {"name": f"worker {who}"},
+                }
             )
     for span, cost in zip(record.chunks, record.costs, strict=True):
+        track = track_of(span)
+        for action, begin, stop in cost.cluster_steps:
+            if action != "compute":  # what dask did around the chunk: moving, reading its data
+                events.append(
+                    {"name": f"dask {action}", "cat": "dask", "ph": "X", "pid": track,
+                     "tid": track, "ts": micros(begin), "dur": round((stop - begin) * 1e6, 3)}
+                )  # fmt: skip
         if span.started is None:
             continue  # lost before it started: nothing ran
         end = span.finished if span.finished is not None else span.received or span.started
@@ -229,8 +280,8 @@ def chrome_trace_events(record: Insights, items: bool = False) -> list[dict[str,
                 "name": f"items {span.first_item}-{last}" if span.items > 1 else f"item {last}",
                 "cat": "chunk",
                 "ph": "X",
-                "pid": span.worker,
-                "tid": span.worker,
+                "pid": track,
+                "tid": track,
                 "ts": micros(span.started),
                 "dur": round(max(0.0, end - span.started) * 1e6, 3),
                 "args": {
@@ -243,11 +294,13 @@ def chrome_trace_events(record: Insights, items: bool = False) -> list[dict[str,
             }
         )
         if items:
-            events.extend(_item_events(span, cost, micros(span.started + cost.load_seconds)))
+            events.extend(_item_events(track, span, cost, micros(span.started + cost.load_seconds)))
     return events
 
 
-def _item_events(span: ChunkSpan, cost: ChunkCost, start: float) -> list[dict[str, Any]]:
+def _item_events(
+    track: int, span: ChunkSpan, cost: ChunkCost, start: float
+) -> list[dict[str, Any]]:
     """An item's slice: laid end to end after the chunk's loading (items run one after another)."""
     events = []
     for offset, seconds in enumerate(cost.item_seconds):
@@ -257,8 +310,8 @@ def _item_events(span: ChunkSpan, cost: ChunkCost, start: float) -> list[dict[st
                 "name": f"item {span.first_item + offset}",
                 "cat": "item",
                 "ph": "X",
-                "pid": span.worker,
-                "tid": span.worker,
+                "pid": track,
+                "tid": track,
                 "ts": round(start, 3),
                 "dur": round(duration, 3),
             }

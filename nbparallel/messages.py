@@ -98,6 +98,11 @@ class Timing:
     group_seconds: Sequence[float]
     slowest: list[tuple[int, float]]  # up to 5 (offset in the chunk, seconds), slowest first
     received: float = 0.0  # the pool read the answer (set by the pool)
+    # On dask, from the scheduler's task stream (set by the backend): the dask worker's address,
+    # and what dask itself timed of the task, as (action, start, stop): "compute", "transfer"
+    # (its inputs fetched from another worker), "deserialize", "disk-read", "disk-write".
+    worker_name: str = ""
+    cluster_steps: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclasses.dataclass(slots=True)

@@ -54,11 +54,11 @@ class Recorder:
         if timing is not None:
             span = ChunkSpan(
                 timing.worker, chunk.position, len(chunk.items), timing.sent, timing.started,
-                timing.finished, timing.received or time.time(), state,
+                timing.finished, timing.received or time.time(), state, timing.worker_name,
             )  # fmt: skip
             cost = ChunkCost(
                 send, timing.load_seconds, timing.working, timing.dump_seconds, receive_seconds,
-                timing.group_items, timing.group_seconds,
+                timing.group_items, timing.group_seconds, timing.cluster_steps,
             )  # fmt: skip
             self._keep_slowest(chunk, span.worker, timing.slowest)
         else:  # lost with its worker: what ran of it is unknown
@@ -114,24 +114,33 @@ def _worker_rows(
     worker_count: int,
 ) -> list[WorkerInsight]:
     wall = end - start
-    ran: dict[int, list[tuple[ChunkSpan, ChunkCost]]] = {}
+    ran: dict[int | str, list[tuple[ChunkSpan, ChunkCost]]] = {}
     for span, cost in zip(spans, costs, strict=True):
-        ran.setdefault(span.worker, []).append((span, cost))
-    known = {w.pid: w for w in pool}
-    idle = [pid for pid in known if pid not in ran][: max(0, worker_count - len(ran))]
+        ran.setdefault(span.worker_id, []).append((span, cost))
+    known = {w.name or w.pid: w for w in pool}
+    # A dask worker ran chunks that its address does not name if the task stream was not read.
+    by_pid = {span.worker for span in spans if not span.worker_name}
+    idle = [who for who, w in known.items() if who not in ran and w.pid not in by_pid]
+    idle = idle[: max(0, worker_count - len(ran))]
     rows = []
-    for pid in [*ran, *idle]:
-        chunks = ran.get(pid, [])
-        status = known.get(pid)
+    for who in [*ran, *idle]:
+        chunks = ran.get(who, [])
+        status = known.get(who)
         startup = 0.0
         if status is not None and status.ready > 0:
             startup = max(0.0, min(status.ready, end) - max(status.started, start))
         working = sum(_working(span, cost, end) for span, cost in chunks)
-        transfer = sum(cost.load_seconds + cost.dump_seconds for _, cost in chunks)
+        transfer = sum(
+            cost.load_seconds + cost.dump_seconds + cost.cluster_transfer_seconds
+            + cost.cluster_disk_seconds
+            for _, cost in chunks
+        )  # fmt: skip
         waiting = max(0.0, wall - startup - working - transfer)
         items = sum(span.items for span, _ in chunks)
+        pid = chunks[0][0].worker if chunks else status.pid if status else 0
+        name = who if isinstance(who, str) else ""
         rows.append(
-            WorkerInsight(pid, len(chunks), items, startup, waiting, working, transfer, wall)
+            WorkerInsight(pid, len(chunks), items, startup, waiting, working, transfer, wall, name)
         )
     return rows
 
@@ -207,10 +216,10 @@ def hints(record: Insights) -> list[str]:
 
 def _tail_waiting(record: Insights) -> float:
     """Worker-seconds spent idle after each worker's last chunk, until the last one ended."""
-    last: dict[int, float] = {}
+    last: dict[int | str, float] = {}
     for span in record.chunks:
         if span.finished is not None:
-            last[span.worker] = max(last.get(span.worker, 0.0), span.finished)
+            last[span.worker_id] = max(last.get(span.worker_id, 0.0), span.finished)
     if not last:
         return 0.0
     end = max(last.values())

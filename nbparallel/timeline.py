@@ -58,7 +58,7 @@ class Span(Protocol):
     """One chunk as the timeline reads it (nbparallel.insights.ChunkSpan is one)."""
 
     @property
-    def worker(self) -> int: ...  # pid, or a thread's index
+    def worker_id(self) -> int | str: ...  # pid (thread: its native id), or a dask address
     @property
     def first_item(self) -> int: ...
     @property
@@ -108,7 +108,7 @@ class TimelineView:
                 f"lanes_hint must be a whole number of workers (0 or more), not {lanes_hint!r}"
             )
         self._lanes_hint = lanes_hint
-        self._lanes: dict[int, int] = {}  # worker -> its lane, in the order workers appeared
+        self._lanes: dict[int | str, int] = {}  # worker -> its lane, in the order they appeared
         self._due = -math.inf  # (the caller's clock) no redraw before this: the last was slow
         self.widget = TimelineHTML(
             self._render([], 0.0, 0.0, False, None), layout={"width": "100%"}
@@ -185,13 +185,13 @@ class TimelineView:
 
 
 _FIELDS = operator.attrgetter(
-    "worker", "started", "sent", "state", "finished", "received", "first_item", "items"
+    "worker_id", "started", "sent", "state", "finished", "received", "first_item", "items"
 )
 
 
-def _lanes_of(spans: Iterable[Span], now: float, ended: bool) -> dict[int, list[_Chunk]]:
+def _lanes_of(spans: Iterable[Span], now: float, ended: bool) -> dict[int | str, list[_Chunk]]:
     """Each worker's chunks as (begin, end, state, first item, items), in the order given."""
-    lanes: dict[int, list[_Chunk]] = {}
+    lanes: dict[int | str, list[_Chunk]] = {}
     for worker, begin, sent, state, finished, received, first_item, items in map(_FIELDS, spans):
         if begin is None:
             begin = sent
@@ -252,10 +252,18 @@ def _merged(chunks: list[_Chunk], merge_seconds: float) -> list[_Run]:
 
 
 def _lane_svg(
-    worker: int, y: int, pitch: int, runs: list[_Run], start: float, scale: float, titles: bool
+    worker: int | str,
+    y: int,
+    pitch: int,
+    runs: list[_Run],
+    start: float,
+    scale: float,
+    titles: bool,
 ) -> str:
-    """One worker's lane: its label, its totals, and its runs grouped by state (one fill each)."""
+    """One worker's lane: its label, its totals, and its runs grouped by state (one fill each).
+    A dask worker's address is labelled by its port (the lane's title has it whole)."""
     label = html.escape(str(worker))
+    short = html.escape(f":{worker.rsplit(':', 1)[-1]}") if isinstance(worker, str) else label
     chunks = sum(run.chunks for run in runs)
     items = sum(run.items for run in runs)
     parts = [
@@ -266,7 +274,7 @@ def _lane_svg(
     if pitch >= 10:
         parts.append(
             f'<text x="{LABEL_WIDTH - 4}" y="{pitch - 5}" text-anchor="end" '
-            f'style="fill:{_TEXT_COLOUR}">{label}</text>'
+            f'style="fill:{_TEXT_COLOUR}">{short}</text>'
         )
     for state, colour in COLOURS.items():
         rects = [_rect(run, pitch, start, scale, titles) for run in runs if run.state == state]

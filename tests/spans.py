@@ -1,21 +1,8 @@
-"""A chunk as the timeline reads it, for tests and benchmarks that feed TimelineView directly.
-
-The same fields as nbparallel.insights.ChunkSpan (the record a call with insights keeps); this
-stand-in lets the timeline be tested and measured on spans of known times.
-"""
+"""A chunk as the timeline reads it, for tests and benchmarks that feed TimelineView directly:
+the record a call with insights keeps (nbparallel.insights.ChunkSpan), made with known times."""
 
 from __future__ import annotations
 
-import dataclasses
+from nbparallel.insights import ChunkSpan as Span
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Span:
-    worker: int
-    first_item: int
-    items: int
-    sent: float
-    started: float | None
-    finished: float | None
-    received: float | None
-    state: str
+__all__ = ["Span"]

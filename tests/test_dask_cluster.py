@@ -186,3 +186,60 @@ def test_a_worker_that_exits_before_it_joins_fails_the_call_and_says_its_exit_co
     exited = r"the dask worker .* exited \(code 3\) before it could join the scheduler at tls://"
     with pytest.raises(ClusterStartError, match=exited):
         session.map(abs, [1], backend="dask")
+
+
+def test_dask_insights_come_from_the_schedulers_task_stream_and_name_the_dask_workers(
+    session, tmp_path
+):
+    """On a user's dask cluster (two workers in one process: one pid), a map without insights
+    adds no task stream plugin to the scheduler; one with insights names the dask worker of
+    each row and chunk, and the time dask spent moving large items between its workers comes
+    from the scheduler's record: our own code, which starts timing once the task runs, never
+    saw it."""
+    import dask
+    import distributed
+
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"
+        ) as their_cluster,  # in this process (inproc://); only its HTTP server listens, on loopback
+        distributed.Client(their_cluster) as client,
+    ):  # fmt: skip
+        session.configure(backend="dask", address=client, workers=2)
+        assert session.map(len, [b"ab", b"c"]) == [2, 1]
+        assert "task-stream" not in their_cluster.scheduler.plugins
+        first, second = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        big = os.urandom(2**21)
+        # Large chunks are scattered round robin, so half of them start out on the second
+        # worker; pinned to the first, it has to fetch those from its peer.
+        with dask.annotate(workers=[first]), distributed.get_task_stream(client) as stream:
+            assert session.map(len, [big] * 4, chunksize=1, insights=True) == [len(big)] * 4
+        assert "task-stream" in their_cluster.scheduler.plugins
+        record = session.insights()
+        session.shutdown()
+
+    rows = {row.name: row for row in record.workers}
+    assert set(rows) == {first, second}, record
+    assert (rows[first].tasks, rows[second].tasks) == (4, 0), record
+    assert {span.worker_name for span in record.chunks} == {first}
+    assert f"{first} " in repr(record) and f"{second} " in repr(record)
+    # The scheduler's record of each task, as dask's own get_task_stream reads it.
+    steps = sorted(
+        (step["action"], step["start"], step["stop"]) for task in stream.data
+        for step in task["startstops"]
+    )  # fmt: skip
+    assert sorted(step for cost in record.costs for step in cost.cluster_steps) == steps
+    fetched = [cost for cost in record.costs if cost.cluster_transfer_seconds > 0]
+    assert len(fetched) >= 2, record.costs  # the two chunks scattered to the second worker
+    ours = sum(cost.load_seconds + cost.dump_seconds for cost in record.costs)
+    dasks = sum(cost.cluster_transfer_seconds for cost in record.costs)
+    assert rows[first].transfer == pytest.approx(ours + dasks)
+    # The Chrome trace: the dask worker's track, with dask's transfers as slices of their own.
+    record.to_chrome_trace(tmp_path / "trace.json")
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    (track,) = {
+        e["pid"] for e in events if e["ph"] == "M" and e["args"]["name"] == f"worker {first}"
+    }
+    moves = [e for e in events if e.get("cat") == "dask"]
+    assert {e["name"] for e in moves} == {"dask transfer"} and {e["pid"] for e in moves} == {track}
+    assert len(moves) == len(fetched)

@@ -116,6 +116,22 @@ def test_one_lane_per_worker_labelled_with_its_pid_in_the_order_they_appeared():
     assert drawn(view).backgrounds == 9 and len(drawn(view).lanes) == 6
 
 
+def test_dask_workers_of_one_process_get_a_lane_each_labelled_with_their_port():
+    """Dask workers are told apart by their address (workers in one process share a pid)."""
+    view = TimelineView(lanes_hint=2)
+    first, second = "tls://127.0.0.1:40001", "tls://127.0.0.1:40002"
+    spans = [
+        dataclasses.replace(done(500, 0, 100.0, 101.0), worker_name=first),
+        dataclasses.replace(done(500, 1, 100.0, 101.5), worker_name=second),
+        dataclasses.replace(done(500, 2, 101.0, 102.0), worker_name=first),
+    ]
+    view.update(spans, start=100.0, now=102.0)
+    picture = drawn(view)
+    assert picture.labels() == [":40001", ":40002"]
+    assert picture.lanes[first].get("data-chunks") == "2"
+    assert picture.lanes[second].findtext(f"{SVG}title").startswith(f"{second}: 1 chunks")
+
+
 def test_blocks_are_placed_in_proportion_to_the_calls_wall_time():
     view = TimelineView(2)
     # A 10-second call so far: chunks at 2-7 s, and 0-1 s and 8-10 s on the other worker.

@@ -22,6 +22,7 @@ class WorkerStatus:
     memory_rss: int  # bytes (for threads: the whole process)
     started: float = 0.0  # when it started (time.time()); 0.0 where unknown (dask)
     ready: float = 0.0  # when it could take tasks (time.time()); 0.0 where unknown
+    name: str = ""  # dask: the worker's address
 
     @property
     def busy(self) -> bool:

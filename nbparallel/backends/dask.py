@@ -5,7 +5,9 @@
 (nbparallel must be installed on its workers). Functions and items are serialized exactly as for
 the process pool, and a worker runs a task with the very code a pool worker uses
 (`execution.run_task`): same caching of functions, same errors, same every-worker setup. A call's
-function is scattered to the cluster once, not sent with every task.
+function is scattered to the cluster once, not sent with every task; so is a large chunk's data,
+which then reaches a worker without passing through the scheduler inside the task graph. With
+insights on, the scheduler's task stream adds what dask itself did (`task_stream`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from .. import errors, execution, messages, serialize, slots, tasks
 from . import WorkerStatus
 from .dask_cluster import LocalCluster
+from .task_stream import TaskStream
 
 try:
     import distributed
@@ -33,6 +36,9 @@ _functions_lock = threading.Lock()
 
 
 PROGRESS_SECONDS = 0.1
+# A chunk's items this large (serialized) are scattered, as dask advises for large data, rather
+# than put in the task graph (which dask warns about from 10 MiB, and which the scheduler holds).
+SCATTER_BYTES = 1 << 20
 
 
 class _ReportingSlot(list):
@@ -68,11 +74,14 @@ class _ReportingSlot(list):
 
 
 def run_on_dask_worker(
-    function: list[bytes], task: messages.RunTask, topic: str
+    function: list[bytes], task: messages.RunTask, topic: str, items: list[bytes] | None = None
 ) -> tuple[object, str, str]:
     """Run one task in a dask worker: its message, and what it printed (stdout, stderr).
 
-    How far it is goes to the client as events on `topic`."""
+    How far it is goes to the client as events on `topic`. `items`: the task's serialized items,
+    when they were scattered rather than sent in the message."""
+    if items is not None:
+        task.frames = items
     with _functions_lock:
         if task.digest not in _functions:
             _functions.add(task.digest, function)
@@ -115,6 +124,7 @@ class DaskBackend:
         # Its own lock: events arrive on the client's event loop, which `_lock`'s holders may
         # be waiting on (scatter, submit).
         self._running_lock = threading.Lock()
+        self._task_stream = TaskStream()
 
     @property
     def size(self) -> int:
@@ -153,8 +163,14 @@ class DaskBackend:
             return sum(self._running.get(key, 0.0) for key in keys)
 
     def submit(self, call: tasks.Call, chunk: tasks.Chunk) -> None:
-        frames = serialize.dump_chunk(chunk.items, chunk.position)
+        frames = _as_bytes(serialize.dump_chunk(chunk.items, chunk.position))
         client = self._connect()
+        if call.insights:
+            self._task_stream.follow(client)
+        scattered = None
+        if sum(map(len, frames)) >= SCATTER_BYTES:
+            (scattered,) = client.scatter([frames], hash=False)
+            frames = []
         digest = call.payload.digest
         with self._lock:
             function = self._scattered.get(digest)
@@ -168,7 +184,7 @@ class DaskBackend:
             digest,
             call.kind,
             call.keep_going,
-            _as_bytes(frames),  # dask serializes the message itself
+            frames,  # as bytes: dask serializes the message itself
             insights=call.insights,
             sent=time.time() if call.insights else 0.0,
         )
@@ -177,6 +193,7 @@ class DaskBackend:
             function,
             message,
             self._topic,
+            scattered,
             pure=False,
             key=_key(call.call_id, chunk.task_id),
         )
@@ -204,6 +221,9 @@ class DaskBackend:
         timing = getattr(message, "timing", None)
         if timing is not None:
             timing.received = time.time()
+            with self._lock:
+                wanted = {f.key for pending in self._futures.values() for f in pending}
+            self._task_stream.fill(self._client, future.key, timing, wanted)
         for stream, text in (("stdout", out), ("stderr", err)):
             if text:
                 call.write_output(stream, text)
@@ -263,8 +283,9 @@ class DaskBackend:
                 "busy" if info.get("metrics", {}).get("executing", 0) else "idle",
                 0,  # dask does not count tasks per worker
                 int(info.get("metrics", {}).get("memory", 0)),
+                name=address,
             )
-            for info in workers.values()
+            for address, info in workers.items()
         ]
 
     def shutdown(self) -> None:
