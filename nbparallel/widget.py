@@ -8,12 +8,16 @@ the call's efficiency and its most telling hint.
 
 from __future__ import annotations
 
+import contextlib
 import html
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import ipywidgets as widgets
+from IPython import get_ipython
 from IPython.display import display
 from ipywidgets.widgets.widget_int import ProgressStyle
 from ipywidgets.widgets.widget_string import HTMLStyle
@@ -52,15 +56,45 @@ def build_shared_models() -> None:
         _shared(name)
 
 
+_DISPLAYING = threading.Lock()  # one bar at a time may change how its display flushes
+
+
+@contextlib.contextmanager
+def _streams_flushed_only_if_written() -> Any:
+    """Let ipykernel's display skip its flush of stdout and stderr when neither holds output.
+
+    The flush keeps printed text before the widget; ipykernel does it on every display, and each
+    of the two is a round trip to its I/O thread, written or not: about half of what showing a
+    bar cost (0.6 of 1.1 ms at load 5). With nothing written since the last flush there is
+    nothing to order, so the publisher's flush is skipped for this display. Only where the
+    streams are ipykernel's own (their `_flush_pending` says whether a flush is due); anything
+    else (a redirected stream, another kernel, a future ipykernel) is flushed as before.
+    """
+    publisher = getattr(get_ipython(), "display_pub", None)
+    written = [getattr(stream, "_flush_pending", True) for stream in (sys.stdout, sys.stderr)]
+    if any(written) or not callable(getattr(publisher, "_flush_streams", None)):
+        yield
+        return
+    with _DISPLAYING:
+        publisher._flush_streams = _nothing_to_flush  # type: ignore[union-attr]
+        try:
+            yield
+        finally:
+            del publisher._flush_streams  # type: ignore[union-attr]
+
+
+def _nothing_to_flush() -> None:
+    """The flush of a display whose streams hold nothing."""
+
+
 class ProgressBox(widgets.Box):
     """The widget of one call, whose plain-text form is fixed when it is shown (stable for nbval)."""
 
     def __init__(self, children: list[Any], text: str) -> None:
         # One flex box that wraps: the bar and its numbers on a line, the worker row below.
         # Few widgets on purpose: each is a model the frontend must open before the call starts.
-        layout = _shared("box")
-        super().__init__(children, layout=layout)
-        self.add_class("nbparallel-progress")
+        # The class given with the model, not added after: `add_class` is one more message.
+        super().__init__(children, layout=_shared("box"), _dom_classes=("nbparallel-progress",))
         self._text = text
 
     def __repr__(self) -> str:
@@ -113,7 +147,8 @@ class WidgetView:
         self.draws_timeline = self._timeline is not None
         self.box = ProgressBox(children, text=f"{start.name}: {start.text()}")
         # What display(box) sends, without asking every formatter.
-        display(self.box._repr_mimebundle_(), raw=True)
+        with _streams_flushed_only_if_written():
+            display(self.box._repr_mimebundle_(), raw=True)
 
     def show(self, snapshot: Snapshot, state: str = "running") -> None:
         if snapshot.total is not None:
