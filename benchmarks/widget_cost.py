@@ -7,9 +7,10 @@ One kernel, started through jupyter_client as JupyterLab starts one (`tests/kern
 messages are read as a frontend reads them; ipywidgets opens a comm for every widget model. Each
 round runs, as cells in an order that rotates from round to round, three ways of making the same
 call: `off` (progress=False), `bar` (nbparallel's widget, the default in a notebook) and `tqdm`
-(progress=False inside `with tqdm(total=...) as bar: ...; bar.update(...)`), for two calls: a tiny
-one (200,000 items of `x + 1`, about 20 ms) and one of about 60 ms (4 items that sleep 30 ms on 2
-workers). Each cell times its call itself (perf_counter around it, inside the kernel). A fixed cost
+(progress=False inside `with tqdm(total=...) as bar: ...; bar.update(...)`), for three calls: a
+tiny one (200,000 items of `x + 1`, about 20 ms on an idle machine), and two of about 60 ms on 2
+workers, 4 items that each sleep 30 ms (the kernel is idle while they run) or keep a core busy
+for 30 ms (the workers compete with the kernel for the 2 cores). Each cell times its call itself (perf_counter around it, inside the kernel). A fixed cost
 is a cell's time minus the `off` cell's of the same round and call; ratios are paired per round.
 
 Why tqdm goes around the call and not over its results: `for r in tqdm(parallel.map(...))` or
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import shutil
 import statistics
 import sys
@@ -41,10 +43,16 @@ from nbparallel import parallel
 from tqdm.notebook import tqdm
 parallel.configure(workers={WORKERS})
 _times = []
+
+def spin(seconds):  # keeps a core busy for `seconds`, as a computation does
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 """
 CALLS = {
     "tiny": ("range(200_000)", "lambda x: x + 1"),
-    "60ms": ("range(4)", "lambda x: time.sleep(0.03) or x"),
+    "60ms-sleep": ("range(4)", "lambda x: time.sleep(0.03) or x"),
+    "60ms-busy": ("range(4)", "lambda x: spin(0.03) or x"),
 }
 WAYS = {
     "off": "parallel.map({func}, {items}, progress=False)",
@@ -110,6 +118,24 @@ def spread(values: list[float], scale: float = 1.0, unit: str = "") -> str:
     )
 
 
+def bootstrap_ratio_of_medians(
+    top: list[float], bottom: list[float], resamples: int = 2000
+) -> tuple[float, float]:
+    """Where the ratio of two medians of paired rounds falls when the rounds are resampled
+    (2.5% and 97.5%): a paired ratio of two small differences is undefined in rounds where the
+    noise makes the bottom one near zero or negative."""
+    chooser = random.Random(22)
+    pairs = list(zip(top, bottom, strict=True))
+    found = []
+    for _ in range(resamples):
+        sample = chooser.choices(pairs, k=len(pairs))
+        below = statistics.median(b for _, b in sample)
+        if below > 0:
+            found.append(statistics.median(t for t, _ in sample) / below)
+    found.sort()
+    return found[int(0.025 * len(found))], found[int(0.975 * len(found)) - 1]
+
+
 def measure(rounds: int, baseline: str | None) -> None:
     sessions = {"": Session(None)}
     if baseline:
@@ -162,10 +188,12 @@ def report(rounds, sessions, runs, times) -> None:
                     f"on/off {spread(on_off, 1, 'x')}"
                 )
         ratios = [b / t for b, t in zip(fixed["", "bar"], fixed["", "tqdm"], strict=True) if t > 0]
+        low, high = bootstrap_ratio_of_medians(fixed["", "bar"], fixed["", "tqdm"])
         print(
             f"bar fixed cost / tqdm fixed cost, paired: {spread(ratios, 1, 'x')} over "
             f"{len(ratios)} rounds with tqdm's > 0; ratio of medians "
-            f"{statistics.median(fixed['', 'bar']) / statistics.median(fixed['', 'tqdm']):.2f}x"
+            f"{statistics.median(fixed['', 'bar']) / statistics.median(fixed['', 'tqdm']):.2f}x "
+            f"(95% of rounds resampled: {low:.2f}-{high:.2f}x)"
         )
         if ("baseline ", "bar") in fixed:
             ratios = [
