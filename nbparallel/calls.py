@@ -92,6 +92,8 @@ def stream(
     tracker = Tracker(backend, call, options.errors, options.retries, recorder)
     total = chunking.length_hint(items)
     progress = _progress(backend, tracker, total, options) if background is not None else None
+    if progress is not None:  # read on another thread: the bar goes in the caller's cell now
+        progress.show()
     sizer = chunking.ChunkSizer(total, options.worker_count, options.chunksize)
     # Star items go through their check; others as given, for `chunking.chunks` to slice if it can.
     pieces = chunking.chunks(iterator if kind == "star" else items, sizer)
@@ -284,6 +286,7 @@ def _run(
                 position, items = piece
                 tracker.send(tasks.Chunk(tasks.next_id(), position, len(items), items))
                 order.append(position)
+            progress.show()  # once the first chunks are on their way (see `Progress`)
             if not tracker.pending:
                 break
             try:
@@ -342,10 +345,7 @@ def _progress(backend: Backend, tracker: Tracker, total: int | None, options: Op
 
 
 def _new_call(
-    backend: Backend,
-    func: Callable[..., Any],
-    kind: str,
-    options: Options,
+    backend: Backend, func: Callable[..., Any], kind: str, options: Options
 ) -> Callable[[Callable[[object], None], int], tasks.Call]:
     """Serialize `func` once (if the backend copies it elsewhere); then make Calls of it.
 

@@ -162,6 +162,7 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
                 running=self._running_tasks,
                 workers=(lambda: session.status().workers) if options.show_workers else None,
             )
+            progress.show()  # now: joblib sends its tasks through `submit` after this
         if progress.redraw_seconds is not None:
             self._redrawing = threading.Event()
             threading.Thread(

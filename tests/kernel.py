@@ -25,6 +25,9 @@ class Reply:
     evalue: str = ""
     payload_text: str = ""
     widget_views: list[str] = field(default_factory=list)  # model ids of widgets displayed
+    # Every output in the order the frontend shows them: ("stdout" or "stderr", text), or
+    # ("display", its text/plain) for execute_result and display_data.
+    outputs: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Kernel:
@@ -121,12 +124,14 @@ class Kernel:
                 continue
             kind, content = msg["msg_type"], msg["content"]
             if kind == "stream":
+                result.outputs.append((content["name"], content["text"]))
                 if content["name"] == "stdout":
                     result.stdout += content["text"]
                 else:
                     result.stderr += content["text"]
             elif kind in ("execute_result", "display_data"):
                 result.results.append(content["data"].get("text/plain", ""))
+                result.outputs.append(("display", result.results[-1]))
                 view = content["data"].get("application/vnd.jupyter.widget-view+json")
                 if view:
                     result.widget_views.append(view["model_id"])

@@ -98,6 +98,25 @@ def test_a_map_shows_one_widget_that_ends_green_with_its_numbers(nb):
     assert reply.results == ["square: 0/20 items · 00:00 elapsed"]
 
 
+def test_what_the_cell_printed_shows_before_the_bar_and_what_the_workers_print_after(nb):
+    # The bar is displayed without ipykernel's flush of the streams (the cell's output is
+    # flushed when the call begins): the order a reader sees must not change.
+    nb.ok("parallel.map(abs, range(4))")  # workers ready: ipykernel's own flush (0.2 s) is later
+    reply = nb.ok(
+        "print('before the call')\n"
+        "out = parallel.map(lambda x: print('item', x), range(2))\n"
+        "print('after the call')"
+    )
+    kinds = [kind for kind, _ in reply.outputs]
+    assert kinds.count("display") == 1, reply.outputs
+    bar = kinds.index("display")
+    before = "".join(text for kind, text in reply.outputs[:bar])
+    after = "".join(text for kind, text in reply.outputs[bar + 1 :])
+    assert before == "before the call\n"
+    assert sorted(after.splitlines()) == ["after the call", "item 0", "item 1"]
+    assert after.endswith("after the call\n")
+
+
 def test_failed_items_are_counted_and_the_bar_ends_red(nb):
     reply = nb.ok("out = parallel.map(lambda x: 1 / (x % 5), range(20), errors='return')")
     bar = bar_of(nb, reply)
@@ -107,6 +126,14 @@ def test_failed_items_are_counted_and_the_bar_ends_red(nb):
 
     reply = nb.run("parallel.map(lambda x: 1 / (x - 7), range(20), chunksize=1)")
     assert reply.ename == "ZeroDivisionError"
+    bar = bar_of(nb, reply)
+    assert bar.bar["bar_style"] == "danger" and "1 error" in bar.text
+
+
+def test_a_map_whose_items_cannot_be_sent_still_shows_its_bar_ending_red(nb):
+    # The bar is shown once the first chunks are sent; here sending them fails.
+    reply = nb.run("import threading\nparallel.map(abs, [1, threading.Lock()])")
+    assert reply.ename == "UnsendableError"
     bar = bar_of(nb, reply)
     assert bar.bar["bar_style"] == "danger" and "1 error" in bar.text
 
