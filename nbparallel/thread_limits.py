@@ -1,11 +1,12 @@
-"""How many threads BLAS and OpenMP may start inside a joblib task, limited as loky limits its
-workers (cpu_count // n_jobs), so that n_jobs tasks at once do not oversubscribe the machine.
+"""How many threads BLAS and OpenMP may start inside a task, limited as loky and dask limit
+their workers, so that the workers' tasks at once do not oversubscribe the machine: each of
+N tasks of a NumPy or scikit-learn model starting every CPU's worth of threads ran 5-10x slower
+here than with cpus // N each (benchmarks/results/results.md, mpire-expensive-init).
 
-loky sets OMP_NUM_THREADS, OPENBLAS_NUM_THREADS... in the environment of workers it starts for
-one call. Ours are shared with `parallel.map` and started before the call, so the limit is set
-with threadpoolctl around each joblib batch in the worker, and lifted after it: a plain map task
-keeps the libraries' own thread counts. A library first loaded while a batch runs is limited from
-the next batch on.
+A process worker starts with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS... at cpus // pool size
+(`worker_environment`). A joblib call runs n_jobs tasks at once on that shared pool, so its
+limit, cpus // n_jobs, is set with threadpoolctl around each batch and lifted after it (`limited`);
+a library first loaded while a batch runs is limited from the next batch on.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ def per_task(
         api: threads
         for api, names in ENVIRONMENT.items()
         if not any(name in environ for name in names)
+    }
+
+
+def worker_environment(workers: int, cpus: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables a process worker of a pool of `workers` starts with: each API's limit of
+    `per_task`, under every name that API reads (the user's own variables stay as they are)."""
+    return {
+        name: str(threads)
+        for api, threads in per_task(workers, cpus, None, environ).items()
+        for name in ENVIRONMENT[api]
     }
 
 

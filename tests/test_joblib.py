@@ -290,7 +290,7 @@ def test_blas_and_openmp_threads_in_a_task_are_cpus_over_n_jobs_and_unchanged_ou
     on_nbparallel,
 ):
     """Two joblib tasks at once each get cpu_count // 2 threads, as under loky; a plain map
-    task on the same workers, before and after, sees the libraries' own counts."""
+    task on the same workers, before and after, sees the workers' own limit."""
     pytest.importorskip("threadpoolctl")
     if parallel.options.worker_count < 2:
         pytest.skip("needs a pool of 2 workers to run 2 joblib tasks at once")

@@ -315,10 +315,10 @@ class ProcessPool:
         while True:
             with self.lock:
                 missing = self._size - sum(not w.retiring for w in self.workers.values())
-                limits = self._limits
+                limits, size = self._limits, self._size
                 if self.closed or missing <= 0:
                     break
-            started = [worker_process.launch(limits) for _ in range(missing)]
+            started = [worker_process.launch(limits, size) for _ in range(missing)]
             with self.lock:
                 closed = self.closed
                 if not closed:

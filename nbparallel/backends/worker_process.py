@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 from multiprocess.connection import Connection
 
-from .. import messages, slots, tasks, transport
+from .. import messages, options, slots, tasks, thread_limits, transport
 from . import launcher
 
 EXIT_WAIT_SECONDS = 2.0  # a worker told to stop that has not exited by then is killed
@@ -125,8 +125,10 @@ class WorkerProcess:
         )
 
 
-def launch(limits: messages.Limits) -> WorkerProcess:
-    """Start one worker interpreter (on the launcher thread), with a socket pair to this process."""
+def launch(limits: messages.Limits, pool_size: int) -> WorkerProcess:
+    """Start one worker interpreter (on the launcher thread), with a socket pair to this process;
+    BLAS and OpenMP in it start at most cpus // pool_size threads (see thread_limits)."""
+    threads = thread_limits.worker_environment(pool_size, options.usable_cpus(), os.environ)
     ours, theirs = socket.socketpair()
     with ours, theirs, tempfile.TemporaryFile() as slot_file:
         slot_file.truncate(slots.BYTES)
@@ -144,7 +146,7 @@ def launch(limits: messages.Limits) -> WorkerProcess:
                 ],
                 pass_fds=[theirs.fileno(), slot_file.fileno()],
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "NBPARALLEL_WORKER": "1"},
+                env={**os.environ, **threads, "NBPARALLEL_WORKER": "1"},
             )
         )
         conn = Connection(ours.detach())
