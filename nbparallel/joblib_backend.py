@@ -108,6 +108,8 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
     supports_sharedmem = False
     uses_threads = False
     default_n_jobs = 1  # joblib's meaning of n_jobs=None: one task at a time, unless configured
+    _effective_batch_size: int  # AutoBatchingMixin's: the batch size it gives joblib
+    _smoothed_batch_duration: float  # and how long batches of that size took (0: not yet known)
 
     def __init__(self, nesting_level: int | None = None, **kwargs: Any) -> None:
         super().__init__(nesting_level=nesting_level, **kwargs)
