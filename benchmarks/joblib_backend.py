@@ -1,6 +1,6 @@
 """scikit-learn and joblib on the nbparallel backend beside loky, in one run.
 
-    python benchmarks/joblib_backend.py [ROUNDS]   # writes benchmarks/results/joblib_backend.md
+    python benchmarks/joblib_backend.py [ROUNDS [WORKLOAD ...]]   # writes results/joblib_backend.md
 
 Three workloads: `cross_val_score` of a random forest with cv=8, a 12-point `GridSearchCV`
 (SVC, cv=3: 36 fits), and `Parallel(n_jobs=2)(delayed(f)(x) ...)` over 10,000 tiny items with a
@@ -145,10 +145,10 @@ def load_average() -> str:
     return " ".join(f"{each:.1f}" for each in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
 
 
-def main(rounds: int) -> None:
+def main(rounds: int, workloads: tuple[str, ...] = WORKLOADS) -> None:
     load_before = load_average()
     rows, ratios, notes = [], {}, []
-    for name in WORKLOADS:
+    for name in workloads:
         cold_ratios, warm_ratios = [], []
         cold: dict[str, list[float]] = {backend: [] for backend in BACKENDS}
         floor_ratios: dict[str, list[float]] = {floor: [] for floor in FLOORS}
@@ -209,7 +209,7 @@ def main(rounds: int) -> None:
             "12 points, cv=3; tiny_items: `Parallel(n_jobs=2)` over 10,000 `x + offset` with a "
             "`__main__` lambda.",
             "",
-            f"Command: `python benchmarks/joblib_backend.py {rounds}` ({time.strftime('%Y-%m-%d')}, "
+            f"Command: `python benchmarks/joblib_backend.py {' '.join(sys.argv[1:])}` ({time.strftime('%Y-%m-%d')}, "
             f"load average before the run {load_before}, after {load_average()}, Python "
             f"{platform.python_version()}, joblib {joblib.__version__}, scikit-learn "
             f"{sklearn.__version__}, this machine: 2 cores, shared with other runs).",
@@ -225,4 +225,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["measure"]:
         measure(sys.argv[2], sys.argv[3])
     else:
-        main(int(sys.argv[1]) if len(sys.argv) > 1 else ROUNDS)
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else ROUNDS, tuple(sys.argv[2:]) or WORKLOADS)
