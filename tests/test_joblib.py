@@ -15,7 +15,7 @@ joblib = pytest.importorskip("joblib")
 from joblib import Parallel, delayed  # noqa: E402
 
 from nbparallel import OptionError, parallel  # noqa: E402
-from nbparallel.joblib_backend import NbParallelBackend  # noqa: E402
+from nbparallel.joblib_backend import NbParallelBackend, grown_batch_size  # noqa: E402
 from nbparallel.thread_limits import ENVIRONMENT  # noqa: E402
 
 from .conftest import ROOT, run_script  # noqa: E402
@@ -125,6 +125,48 @@ def test_auto_batching_sends_tiny_tasks_in_batches(on_nbparallel):
     call = Parallel(n_jobs=2)
     assert call(delayed(abs)(-x) for x in range(5000)) == list(range(5000))
     assert call.n_dispatched_batches < 500
+
+
+def test_tiny_tasks_reach_their_batch_size_in_few_batches(on_nbparallel):
+    """joblib's own ramp doubles a batch per completed batch: 10,000 tiny tasks made 61-65
+    batches, each a round trip. Ours grows up to 16x a step, to at most 512 here."""
+    offset = 1
+    add_offset = lambda x: x + offset  # noqa: E731 - one function for every task, as users write
+    call = Parallel(n_jobs=2)
+    call(delayed(add_offset)(x) for x in range(100))  # the workers are warm
+    assert call(delayed(add_offset)(x) for x in range(10_000)) == [x + 1 for x in range(10_000)]
+    assert call.n_dispatched_batches < 57
+
+
+def test_the_batch_size_joblib_is_given_grows_16_times_after_a_fast_batch(on_nbparallel):
+    """joblib asks the backend for each batch's size after telling it how long batches took."""
+    backend = NbParallelBackend()
+    backend.configure(n_jobs=2, parallel=Parallel(n_jobs=2))
+    assert backend.compute_batch_size() == 1  # nothing measured yet: joblib's first size
+    backend.batch_completed(1, 0.001)
+    assert backend.compute_batch_size() == 16  # joblib's own ramp: 2
+    backend.batch_completed(1, 0.001)  # a batch of the old size does not count for the new
+    assert backend.compute_batch_size() == 16
+    backend.batch_completed(16, 0.004)
+    assert backend.compute_batch_size() == 256
+    backend.batch_completed(256, 0.002)
+    assert backend.compute_batch_size() == 512  # 1,024 tasks at most from the generator at once
+    backend.batch_completed(512, 0.004)
+    assert backend.compute_batch_size() == 512
+    backend.batch_completed(512, 20.0)  # too slow (smoothed: 4.0 s): joblib's own shrinking
+    assert backend.compute_batch_size() == 50
+
+
+def test_a_batch_grows_to_joblibs_aim_by_at_most_16_times_a_step_within_1024_per_slice():
+    ideal = NbParallelBackend.MIN_IDEAL_BATCH_DURATION
+    assert grown_batch_size(1, 0.001, ideal, 2) == 16  # aim 400: 16x at most
+    assert grown_batch_size(16, 0.004, ideal, 2) == 256  # aim 1,600: 16x at most
+    assert grown_batch_size(64, 0.1, ideal, 2) == 256  # aim reached: twice what fits in 0.2 s
+    assert grown_batch_size(1, 0.05, ideal, 2) == 8  # 50 ms tasks: 8 per batch, not 16
+    assert grown_batch_size(1, 0.199, ideal, 2) == 2
+    assert grown_batch_size(256, 0.001, ideal, 2) == 512  # joblib slices n_jobs batches at once
+    assert grown_batch_size(256, 0.001, ideal, 8) == 128
+    assert grown_batch_size(1, 0.001, ideal, 2048) == 1
 
 
 def test_n_jobs_maps_to_the_session_pool_and_never_resizes_it(on_nbparallel):
