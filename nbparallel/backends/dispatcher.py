@@ -13,9 +13,8 @@ import sys
 import threading
 import time
 import traceback
+from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
-
-from multiprocess.connection import Connection, wait
 
 from .. import errors, messages, slots, transport
 from . import scheduling, worker_process
