@@ -140,7 +140,7 @@ def dump_chunk(items: Sequence[Any], first_position: int) -> list[Any]:
 def _function_pickler() -> type[dill.Pickler]:
     """The pickler of functions, made on first use (dill is imported then)."""
 
-    class FunctionPickler(_dill().Pickler):  # type: ignore[misc, name-defined]
+    class FunctionPickler(_dill().Pickler):  # type: ignore[misc]
         """dill, sending modules by name, arrays out of band, and big plain containers through
         the C pickler.
 

@@ -60,5 +60,5 @@ class _Watch:
                     sys.meta_path.remove(watch)
                 action(module)
 
-        spec.loader = _Then()
+        spec.loader = _Then()  # type: ignore[assignment]  # a Loader by protocol
         return spec

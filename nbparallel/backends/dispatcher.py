@@ -52,7 +52,7 @@ class Dispatcher(threading.Thread):
             if ready is pool.wake_reader:
                 pool.woken()
             else:
-                self._receive(ready)
+                self._receive(ready)  # type: ignore[arg-type]  # one of the workers' Connections
 
     def _stop_overdue(self) -> bool:
         """Kill workers whose item ran past its call's timeout, or that never said they were

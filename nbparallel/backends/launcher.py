@@ -58,7 +58,7 @@ def run(job: Callable[[], _Result]) -> _Result:
         raise errors.launcher_stuck(ANSWER_SECONDS) from None
     if not succeeded:
         raise outcome
-    return outcome  # type: ignore[no-any-return]
+    return outcome
 
 
 def run_later(job: Callable[[], object]) -> None:
