@@ -84,6 +84,15 @@ def test_choosing_another_backend_right_after_load_stops_the_prestarted_workers(
 
 
 @pytest.mark.kernel
+def test_load_ext_imports_the_call_machinery_in_the_background(kernel):
+    """The first cell that maps does not pay for importing dill and the call machinery (about
+    0.1 s): `%load_ext` has them imported while the user writes it."""
+    kernel.ok("%load_ext nbparallel\nimport sys")
+    wanted = "{'dill', 'nbparallel.calls', 'nbparallel.widget'} <= set(sys.modules)"
+    assert wait_until(lambda: kernel.value(wanted), timeout=WAIT_SECONDS)
+
+
+@pytest.mark.kernel
 def test_unload_ext_stops_the_prestarted_workers(kernel):
     prestarted = load_and_wait(kernel)
     kernel.ok("%unload_ext nbparallel")
