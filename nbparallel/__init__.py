@@ -29,12 +29,13 @@ from .errors import (
     UnsendableError,
     WorkerDiedError,
 )
-from .options import Options
 from .slots import report_progress as progress
 
 if TYPE_CHECKING:  # imported on first use, by __getattr__; type checkers see them here
-    from .api import Parallel, ParallelFunction, PoolStatus, parallel
+    from .api import Parallel, ParallelFunction, parallel
+    from .backends import PoolStatus
     from .background import MapHandle
+    from .options import Options
 
 __all__ = [
     "ClusterStartError",
@@ -60,8 +61,9 @@ _FRONT_END = {
     "parallel": "api",
     "Parallel": "api",
     "ParallelFunction": "api",
-    "PoolStatus": "api",
+    "PoolStatus": "backends",
     "MapHandle": "background",
+    "Options": "options",
 }
 
 

@@ -2,6 +2,9 @@
 
 A thin front end: it validates options, owns the session's backend (started lazily, reused by
 every call), and hands each call to `calls`.
+
+Importing it is cheap: the call machinery (`calls`: serialization, dill, progress bars) is
+imported by the first call once it has launched the workers, which boot meanwhile.
 """
 
 from __future__ import annotations
@@ -9,17 +12,22 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import functools
-import queue
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import backends, calls, errors, serialize
-from .background import MapHandle
-from .insights import Insights
+from . import backends, chunking, errors
 from .options import Options
+
+if TYPE_CHECKING:
+    import queue
+    from concurrent.futures import Future
+
+    from . import calls
+    from .background import MapHandle
+    from .insights import Insights
 
 _NO_ITEMS: Any = object()
 
@@ -111,12 +119,9 @@ class Parallel:
         return self._options
 
     def pool_starter(self) -> Callable[[], None]:
-        """A function that starts the session's pool of worker processes, for `prestart` to run
-        on a thread of its own so that the first call finds its workers ready.
-
-        Options set meanwhile or later still hold: a worker count resizes the pool, another
-        backend stops it unused; after a `shutdown()` in between, it starts nothing.
-        """
+        """A function that starts the session's pool, for `prestart` to run on a thread of its
+        own. Options set meanwhile or later still hold: a worker count resizes the pool, another
+        backend stops it unused; after a `shutdown()` in between, it starts nothing."""
         with self._lock:
             return functools.partial(self._start_pool, self._generation)
 
@@ -130,11 +135,11 @@ class Parallel:
                 or "processes" in self._backends
             ):
                 return
-            self._prestarted = self._backends["processes"] = backends.start_process_pool(
-                self._options
+            self._prestarted = self._backends["processes"] = backends.create(
+                self._options, launch=True
             )
 
-    def _get_backend(self, options: Options) -> backends.Backend:
+    def _get_backend(self, options: Options, launch: bool = False) -> backends.Backend:
         with self._lock:
             backend = self._backends.get(options.backend)
             if backend is self._prestarted:
@@ -143,19 +148,29 @@ class Parallel:
                 backend = self._backends[options.backend] = backends.create(
                     dataclasses.replace(
                         self._options, backend=options.backend, workers=options.workers
-                    )
+                    ),
+                    launch,
                 )
             if backend.size < options.worker_count:
                 backend.resize(options.worker_count)
             return backend
 
+    def _launch_early(self, options: Options, func: Any, items: Any = _NO_ITEMS) -> None:
+        """The call's backend now, before the call machinery imports (dill...): the first call's
+        workers boot meanwhile. Not for input its checks refuse or that has no items, nor in a
+        worker (nested calls run serially there)."""
+        if items is not _NO_ITEMS and not chunking.may_have_items(items):
+            return
+        if callable(func) and os.environ.get("NBPARALLEL_WORKER") != "1":
+            self._get_backend(options, launch=True)
+
     def _session_backend(self) -> backends.Backend | None:
         return self._backends.get(self._options.backend)
 
-    def status(self) -> PoolStatus:
+    def status(self) -> backends.PoolStatus:
         """The workers of the session's backend: pid, busy or idle, tasks done, memory."""
         backend = self._session_backend()
-        return PoolStatus(backend.status() if backend is not None else [])
+        return backends.PoolStatus(backend.status() if backend is not None else [])
 
     def restart(self) -> None:
         """Replace every worker with a fresh process; every-worker setup code runs again."""
@@ -175,6 +190,8 @@ class Parallel:
         self._setup_count += 1
         filename = f"<every-worker cell {self._setup_count}>"
         options = self._options
+        from . import calls
+
         return calls.run_setup(lambda: self._get_backend(options), source, namespace, filename)
 
     def partial_results(self) -> dict[int, Any]:
@@ -232,13 +249,13 @@ class Parallel:
         self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any
     ) -> Iterator[Any]:
         """Results one by one in input order, as soon as each is ready; reads the input lazily."""
-        return calls.one_by_one(self._stream(func, items, options, "map", True))
+        return self._one_by_one(self._stream(func, items, options, "map", True))
 
     def imap_unordered(
         self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any
     ) -> Iterator[Any]:
         """Results one by one in the order they finish."""
-        return calls.one_by_one(self._stream(func, items, options, "map", False))
+        return self._one_by_one(self._stream(func, items, options, "map", False))
 
     def map_async(
         self, func: Callable[..., Any], items: Iterable[Any], /, **options: Any
@@ -249,8 +266,11 @@ class Parallel:
         of results (or raises the call's error); `handle.cancel()` stops it. Bad input and
         unsendable functions raise here, at once.
         """
+        self._launch_early(self._options.merged(**options), func, items)
+        from . import background, serialize
+
         collected: list[Any] = []
-        return MapHandle(
+        return background.MapHandle(
             serialize.function_name(func) if callable(func) else repr(func),
             lambda events: self._stream(func, items, options, "map", True, collected, events),
             collected,
@@ -266,11 +286,16 @@ class Parallel:
     def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run `func(*args, **kwargs)` on a worker; returns a `concurrent.futures.Future`."""
         options = self._options
+        self._launch_early(options, func)
+        from . import calls
+
         return calls.submit(lambda: self._get_backend(options), func, args, kwargs, options)
 
     def submitter(self, func: Callable[..., Any], max_workers: int) -> calls.Submitter:
         """One call of `func` whose tasks are submitted one at a time (each returns a Future),
         on at most `max_workers` workers: how the joblib backend runs a joblib Parallel call."""
+        from . import calls
+
         options = self._options
         return calls.Submitter(self._get_backend(options), func, options, max_workers)
 
@@ -285,6 +310,8 @@ class Parallel:
         background: queue.SimpleQueue[Any] | None = None,
     ) -> Iterator[list[Any]]:
         options = self._options.merged(**overrides)
+        self._launch_early(options, func, items)
+        from . import calls
 
         def keep_partial(unyielded: dict[int, Any]) -> None:
             self._partial = {**dict(enumerate(collected or ())), **unyielded}
@@ -304,20 +331,28 @@ class Parallel:
             keep_insights,
         )
 
+    @staticmethod
+    def _one_by_one(batches: Iterator[list[Any]]) -> Iterator[Any]:
+        from . import calls  # imported by now (see _stream)
+
+        return calls.one_by_one(batches)
+
     def _collect(
         self, func: Any, items: Iterable[Any], overrides: dict[str, Any], kind: str
     ) -> list[Any]:
         __tracebackhide__ = True
         results: list[Any] = []  # keep_partial reads what arrived before a failure from here
-        return calls.collect(
-            self._stream(func, items, overrides, kind, True, collected=results), results
-        )
+        batches = self._stream(func, items, overrides, kind, True, collected=results)
+        from . import calls
+
+        return calls.collect(batches, results)
 
     def _decorator(self, func: Any, options: dict[str, Any]) -> Any:
         self._options.merged(**options)  # bad options fail at decoration time
         if func is None:
             return lambda f: self._decorator(f, options)
-        calls.check_function(func)
+        if not callable(func):
+            raise errors.not_callable(func)
         return ParallelFunction(self, func, options)
 
     def __repr__(self) -> str:
@@ -338,23 +373,6 @@ def _make_joblib_default(on: bool) -> None:
             raise errors.joblib_missing() from None
         return
     joblib_backend.register(make_default=on)
-
-
-class PoolStatus:
-    """What `parallel.status()` returns: a list of workers, shown as a table."""
-
-    def __init__(self, workers: list[Any]) -> None:
-        self.workers = workers
-
-    def __repr__(self) -> str:
-        if not self.workers:
-            return "nbparallel: no workers running (the pool starts on the first call)"
-        lines = [f"nbparallel: {len(self.workers)} workers", "    pid  state     tasks  memory"]
-        for w in self.workers:
-            lines.append(
-                f"{w.pid:>7}  {w.state:<8} {w.tasks_done:>6}  {w.memory_rss / 2**20:6.1f} MiB"
-            )
-        return "\n".join(lines)
 
 
 parallel = Parallel()

@@ -85,6 +85,14 @@ def length_hint(items: Iterable[Any]) -> int | None:
         return None
 
 
+def may_have_items(items: object) -> bool:
+    """False for what `iter` refuses and for input of length 0, judged without reading it."""
+    kind = type(items)
+    if not hasattr(kind, "__iter__") and not hasattr(kind, "__getitem__"):
+        return False
+    return length_hint(items) != 0  # type: ignore[arg-type]
+
+
 _SLICED = (list, tuple, range)
 """Inputs chunked by slicing: faster than reading them item by item, and a slice of a range is
 a range (three numbers to send, not a list of them)."""

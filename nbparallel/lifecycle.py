@@ -6,6 +6,8 @@ is the backstop for a worker that cannot notice (stuck in C code that holds the 
 are named by pid *and* creation time, so a pid the system has since reused is never touched, and
 only processes of our own user are ever killed. The record lives in a folder only we can write
 (see `privatefolder.py`): anyone who could write a record could have us kill any of our processes.
+psutil (15 ms to import) is imported when first needed, after a script's first call has launched
+its workers.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-
-import psutil
+from typing import TYPE_CHECKING
 
 from . import privatefolder
+
+if TYPE_CHECKING:
+    import psutil
 
 Process = tuple[int, float]  # (pid, creation time)
 
@@ -32,6 +36,8 @@ def state_dir() -> Path:
 
 
 def identify(pid: int) -> Process | None:
+    import psutil
+
     try:
         return pid, psutil.Process(pid).create_time()
     except psutil.Error:
@@ -66,6 +72,8 @@ def record_workers(pool: object, workers: list[Process]) -> None:
 
 def is_running(process: Process) -> bool:
     """True if `process` still runs: same pid, same creation time, not a zombie."""
+    import psutil
+
     pid, created = process
     try:
         found = psutil.Process(pid)
@@ -99,6 +107,8 @@ def reap_orphans() -> int:
 
 def kill_if_ours(process: Process) -> bool:
     """Kill `process` if it still runs (same pid, same creation time) as our user; True if so."""
+    import psutil
+
     pid, created = process
     try:
         found = psutil.Process(pid)
@@ -115,7 +125,7 @@ def kill_if_ours(process: Process) -> bool:
 def _same_user(process: psutil.Process) -> bool:
     if hasattr(os, "getuid"):
         return bool(process.uids().real == os.getuid())
-    return bool(process.username() == psutil.Process().username())
+    return bool(process.username() == type(process)().username())
 
 
 def stop_with_kernel(stop: Callable[[], None]) -> Callable[[], None]:

@@ -39,7 +39,10 @@ def start_pool() -> None:
 
 
 def _start(start_pool: Callable[[], None]) -> None:
-    start_pool()  # first: the workers boot while the display's modules import
+    start_pool()  # first: the workers boot while the call machinery and the display import
+    from . import calls, serialize  # noqa: F401  # calls: `import nbparallel` no longer imports it
+
+    serialize.import_dill()
     if in_a_kernel():
         from . import progressbar
 

@@ -8,6 +8,9 @@ chunks through `dumps`/`loads`.
 A class defined in the notebook travels by value too, but on arrival it is first looked up by
 name in the receiver's main namespace (the notebook in the parent, the function's globals in a
 worker), so `isinstance(result, MyClass)` holds in the notebook and inside the function.
+
+dill (15-40 ms to import) is imported on first use, not with this module: a script's first call
+launches its workers first, and they boot while dill imports here.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import hashlib
 import importlib
 import io
 import linecache
@@ -25,11 +27,12 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import dill
+from typing import TYPE_CHECKING, Any
 
 from . import captures, errors
+
+if TYPE_CHECKING:
+    import dill
 
 PROTOCOL = 5
 _MAIN = "__main__"
@@ -57,13 +60,27 @@ def resolve_by_name(qualname: str, payload: bytes) -> Any:
         found = getattr(found, part, None)
     if found is not None and getattr(found, "__qualname__", None) == qualname:
         return found
-    return dill.loads(payload)
+    return _dill().loads(payload)
+
+
+@functools.cache
+def _dill() -> Any:
+    import dill
+
+    return dill
+
+
+def import_dill() -> None:
+    """Import dill now: a worker does, once it has said it is ready, while its first task is
+    still on its way (it needs dill to rebuild the task's function)."""
+    _dill()
 
 
 def by_value(obj: Any) -> tuple[Any, ...] | None:
     """How notebook-defined code travels (a reduction through dill), or None for anything else."""
     if not captures.needs_value(obj):
         return None
+    dill = _dill()
     payload = dill.dumps(obj, protocol=PROTOCOL, recurse=True)
     if "<" in obj.__qualname__:
         return dill.loads, (payload,)
@@ -119,28 +136,39 @@ def dump_chunk(items: Sequence[Any], first_position: int) -> list[Any]:
         raise
 
 
-class _FunctionPickler(dill.Pickler):
-    """dill, sending modules by name, arrays out of band, and big plain containers through the C pickler.
+@functools.cache
+def _function_pickler() -> type[dill.Pickler]:
+    """The pickler of functions, made on first use (dill is imported then)."""
 
-    dill's pickler is written in Python: a captured table of a million entries would take it
-    seconds, on every call. The C pickler (with dill for notebook code inside) takes a fraction.
-    """
+    class FunctionPickler(_dill().Pickler):  # type: ignore[misc]
+        """dill, sending modules by name, arrays out of band, and big plain containers through
+        the C pickler.
 
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, types.ModuleType) and obj.__name__ != _MAIN and obj.__spec__ is not None:
-            # By name, as workers import it. dill would copy the dict of a module outside
-            # site-packages (the user's own helpers.py, an editable install), locks and all.
-            return importlib.import_module, (obj.__name__,)
-        if type(obj).__name__ == "ndarray" and type(obj).__module__ == "numpy":
-            # NumPy's own reduction hands its data to the pickler as a buffer, which can travel
-            # out of band; dill's (kept for subclasses) copies it into the pickle.
-            return obj.__reduce_ex__(PROTOCOL)
-        if type(obj) in (list, dict, set, tuple) and len(obj) > _BIG_CONTAINER:
-            try:
-                return loads, (dumps(obj),)
-            except Exception:
-                return NotImplemented
-        return NotImplemented
+        dill's pickler is written in Python: a captured table of a million entries would take it
+        seconds, on every call. The C pickler (with dill for notebook code inside) takes a fraction.
+        """
+
+        def reducer_override(self, obj: Any) -> Any:
+            if (
+                isinstance(obj, types.ModuleType)
+                and obj.__name__ != _MAIN
+                and obj.__spec__ is not None
+            ):
+                # By name, as workers import it. dill would copy the dict of a module outside
+                # site-packages (the user's own helpers.py, an editable install), locks and all.
+                return importlib.import_module, (obj.__name__,)
+            if type(obj).__name__ == "ndarray" and type(obj).__module__ == "numpy":
+                # NumPy's own reduction hands its data to the pickler as a buffer, which can
+                # travel out of band; dill's (kept for subclasses) copies it into the pickle.
+                return obj.__reduce_ex__(PROTOCOL)
+            if type(obj) in (list, dict, set, tuple) and len(obj) > _BIG_CONTAINER:
+                try:
+                    return loads, (dumps(obj),)
+                except Exception:
+                    return NotImplemented
+            return NotImplemented
+
+    return FunctionPickler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,9 +257,8 @@ def _dump_function(
 
     try:
         buffer = io.BytesIO()
-        _FunctionPickler(buffer, protocol=PROTOCOL, recurse=True, buffer_callback=out_of_band).dump(
-            func
-        )
+        pickler = _function_pickler()
+        pickler(buffer, protocol=PROTOCOL, recurse=True, buffer_callback=out_of_band).dump(func)
         code = buffer.getvalue()
     except Exception as error:
         raise _explain_function_failure(func, name, error) from error
@@ -246,6 +273,8 @@ def _dump_function(
     # array's dtype, shape and order, and the objects of an object array) and the content of
     # the large buffers. Without a fast hash, a payload with large buffers gets a digest of its
     # own, so that a worker never takes it for another.
+    import hashlib  # here, not at the top: workers never need it (its import costs them 3 ms)
+
     large_keys = [content_key(buffer) for buffer in large]
     digest_of = hashlib.blake2b(data, digest_size=15)
     if None in large_keys:
@@ -291,7 +320,7 @@ def load_function(frames: list[Any]) -> Callable[..., Any]:
     linecache.cache.update(sources)
     for module in submodules:
         importlib.import_module(module)
-    return dill.loads(code, buffers=frames[1:])
+    return _dill().loads(code, buffers=frames[1:])
 
 
 def _explain_function_failure(func: Callable[..., Any], name: str, error: Exception) -> Exception:
@@ -299,7 +328,7 @@ def _explain_function_failure(func: Callable[..., Any], name: str, error: Except
         if path == name:
             continue
         try:
-            dill.dumps(obj, protocol=PROTOCOL, recurse=True)
+            _dill().dumps(obj, protocol=PROTOCOL, recurse=True)
         except Exception as capture_error:
             return errors.unpicklable_capture(name, path, obj, capture_error)
     return errors.unpicklable_function(name, error)

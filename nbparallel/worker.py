@@ -21,9 +21,8 @@ import signal
 import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 from typing import Any
-
-from multiprocess.connection import Connection
 
 from . import execution, messages, serialize, slots, transport
 from .backends.launcher import die_with_parent
@@ -124,6 +123,7 @@ def main() -> None:
     stdout, stderr = _ForwardedStream(sender, "stdout"), _ForwardedStream(sender, "stderr")
     sys.stdout, sys.stderr = stdout, stderr
     sender.send(messages.Ready(os.getpid()))
+    serialize.import_dill()
     _serve(inbox, cancelled, slot, sender, (stdout, stderr), config["limits"])
 
 

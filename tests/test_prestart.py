@@ -84,6 +84,15 @@ def test_choosing_another_backend_right_after_load_stops_the_prestarted_workers(
 
 
 @pytest.mark.kernel
+def test_load_ext_imports_the_call_machinery_in_the_background(kernel):
+    """The first cell that maps does not pay for importing dill and the call machinery (about
+    0.1 s): `%load_ext` has them imported while the user writes it."""
+    kernel.ok("%load_ext nbparallel\nimport sys")
+    wanted = "{'dill', 'nbparallel.calls', 'nbparallel.widget'} <= set(sys.modules)"
+    assert wait_until(lambda: kernel.value(wanted), timeout=WAIT_SECONDS)
+
+
+@pytest.mark.kernel
 def test_unload_ext_stops_the_prestarted_workers(kernel):
     prestarted = load_and_wait(kernel)
     kernel.ok("%unload_ext nbparallel")
@@ -147,3 +156,82 @@ def test_a_script_that_imports_nbparallel_starts_no_process(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["[] [] 0", "[1, 2]"]
+
+
+def test_importing_nbparallel_in_a_script_imports_none_of_the_heavy_modules(tmp_path):
+    """`from nbparallel import parallel` in a plain script costs a few ms: dill, psutil, tqdm,
+    ipywidgets and IPython are imported only once a call needs them."""
+    result = run_script(
+        """
+        import sys
+        from nbparallel import parallel
+        heavy = ["dill", "psutil", "tqdm", "ipywidgets", "IPython", "nbparallel.calls"]
+        print([m for m in heavy if m in sys.modules])
+        print(parallel.map(lambda x: -x, [1, 2], progress=False))
+        print([m for m in ["dill", "nbparallel.calls"] if m in sys.modules])
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "[-1, -2]", "['dill', 'nbparallel.calls']"]
+
+
+def test_a_scripts_first_call_launches_its_workers_before_importing_dill(tmp_path):
+    """The workers boot while the first call imports its machinery, not after: when each
+    worker interpreter is started, dill is not imported yet in the script's process."""
+    result = run_script(
+        """
+        import subprocess, sys
+        launched = []
+        original = subprocess.Popen.__init__
+        def recording(self, *args, **kwargs):
+            launched.append("dill" in sys.modules)
+            original(self, *args, **kwargs)
+        subprocess.Popen.__init__ = recording
+
+        from nbparallel import parallel
+        parallel.configure(workers=2, progress=False)
+        print(parallel.map(lambda x: x * 10, range(3)), launched)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[0, 10, 20] [False, False]"]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_configure_after_import_sizes_the_scripts_first_pool(tmp_path, workers):
+    result = run_script(
+        f"""
+        import os
+        from nbparallel import parallel
+        parallel.configure(workers={workers}, progress=False)
+        pids = set(parallel.map(lambda _: os.getpid(), range(12), chunksize=1))
+        print(len(parallel.status().workers), pids <= {{w.pid for w in parallel.status().workers}})
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(workers), "True"]
+
+
+def test_a_script_on_threads_or_with_bad_input_starts_no_process(tmp_path):
+    """The first call starts worker processes only for its own backend, and only for input it
+    will run: a TypeError for a non-callable or a non-iterable comes before any worker starts."""
+    result = run_script(
+        """
+        import psutil
+        from nbparallel import parallel
+        parallel.configure(progress=False)
+        for func, items in [(abs, 5), (5, [1]), (abs, None)]:
+            try:
+                parallel.map(func, items)
+            except TypeError as error:
+                print(type(error).__name__, psutil.Process().children())
+        parallel.configure(backend="threads")
+        print(parallel.map(abs, [-1, -2]), psutil.Process().children())
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["TypeError []"] * 3 + ["[1, 2] []"]

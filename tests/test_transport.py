@@ -1,5 +1,5 @@
 """The socket protocol between the pool and a worker, within one process (no worker started):
-messages over a `socket.socketpair()` wrapped in `multiprocess.connection.Connection`, as
+messages over a `socket.socketpair()` wrapped in `multiprocessing.connection.Connection`, as
 `backends/process.py` (launch_worker) and `worker.py` (main) wrap theirs."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import mmap
 import os
 import socket
 import sys
+from multiprocessing.connection import Connection
 
 import pytest
-from multiprocess.connection import Connection
 
 from nbparallel import crossmemory, messages, transport
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .. import tasks
-from ..options import BACKENDS, Options
-
 if TYPE_CHECKING:
-    from .process import ProcessPool
+    from .. import tasks
+    from ..options import Options
 
-__all__ = ["BACKENDS", "Backend", "WorkerStatus", "create", "start_process_pool"]
+__all__ = ["Backend", "PoolStatus", "WorkerStatus", "create"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +25,23 @@ class WorkerStatus:
     @property
     def busy(self) -> bool:
         return self.state == "busy"
+
+
+class PoolStatus:
+    """What `parallel.status()` returns: a list of workers, shown as a table."""
+
+    def __init__(self, workers: list[Any]) -> None:
+        self.workers = workers
+
+    def __repr__(self) -> str:
+        if not self.workers:
+            return "nbparallel: no workers running (the pool starts on the first call)"
+        lines = [f"nbparallel: {len(self.workers)} workers", "    pid  state     tasks  memory"]
+        for w in self.workers:
+            lines.append(
+                f"{w.pid:>7}  {w.state:<8} {w.tasks_done:>6}  {w.memory_rss / 2**20:6.1f} MiB"
+            )
+        return "\n".join(lines)
 
 
 class Backend(Protocol):
@@ -64,10 +79,21 @@ class Backend(Protocol):
     def shutdown(self) -> None: ...
 
 
-def create(options: Options) -> Backend:
-    """A new backend of the kind `options.backend` names; only that backend's module is imported."""
+def create(options: Options, launch: bool = False) -> Backend:
+    """A new backend of the kind `options.backend` names; only that backend's module is imported.
+
+    With `launch`, a process pool's workers are launched now, not by its first task: they boot
+    while the caller gets the call ready (returns before they are ready).
+    """
     if options.backend == "processes":
-        return _process_pool(options)
+        from .process import ProcessPool
+
+        pool = ProcessPool(
+            options.worker_count, options.max_tasks_per_worker, options.max_worker_memory
+        )
+        if launch:
+            pool.start()
+        return pool
     if options.backend == "threads":
         from .thread import ThreadPool
 
@@ -75,19 +101,3 @@ def create(options: Options) -> Backend:
     from .dask import DaskBackend  # Options allows no other name
 
     return DaskBackend(options.worker_count, options.address)
-
-
-def start_process_pool(options: Options) -> Backend:
-    """A process pool whose workers are launched now, not on its first task; returns once they
-    are launched, before they are ready."""
-    pool = _process_pool(options)
-    pool.start()
-    return pool
-
-
-def _process_pool(options: Options) -> ProcessPool:
-    from .process import ProcessPool
-
-    return ProcessPool(
-        options.worker_count, options.max_tasks_per_worker, options.max_worker_memory
-    )

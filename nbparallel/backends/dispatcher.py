@@ -13,9 +13,8 @@ import sys
 import threading
 import time
 import traceback
+from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
-
-from multiprocess.connection import Connection, wait
 
 from .. import errors, messages, slots, transport
 from . import scheduling, worker_process
@@ -53,7 +52,7 @@ class Dispatcher(threading.Thread):
             if ready is pool.wake_reader:
                 pool.woken()
             else:
-                self._receive(ready)
+                self._receive(ready)  # type: ignore[arg-type]  # one of the workers' Connections
 
     def _stop_overdue(self) -> bool:
         """Kill workers whose item ran past its call's timeout, or that never said they were

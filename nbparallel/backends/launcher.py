@@ -20,11 +20,8 @@ import os
 import signal
 import sys
 import threading
-import traceback
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
 from .. import errors
@@ -37,7 +34,10 @@ _PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 ANSWER_SECONDS = 30.0  # starting a process takes milliseconds; this much means the system is stuck
 
 _Result = TypeVar("_Result")
-_jobs: SimpleQueue[tuple[Callable[[], Any], Future[Any] | None]] = SimpleQueue()
+# A job's answer: (True, its result) or (False, its exception). (Not concurrent.futures: its
+# import would cost every worker 4 ms, and this module is imported there for die_with_parent.)
+_Answer = SimpleQueue[tuple[bool, Any]]
+_jobs: SimpleQueue[tuple[Callable[[], Any], _Answer | None]] = SimpleQueue()
 _thread: threading.Thread | None = None
 _thread_lock = threading.Lock()
 
@@ -50,12 +50,15 @@ def run(job: Callable[[], _Result]) -> _Result:
     """
     if threading.current_thread() is _thread:  # a job of the launcher's own (a pool's refill)
         return job()
-    answer: Future[_Result] = Future()
+    answer: _Answer = SimpleQueue()
     _put(job, answer)
     try:
-        return answer.result(ANSWER_SECONDS)
-    except FutureTimeout:
+        succeeded, outcome = answer.get(timeout=ANSWER_SECONDS)
+    except Empty:
         raise errors.launcher_stuck(ANSWER_SECONDS) from None
+    if not succeeded:
+        raise outcome
+    return outcome
 
 
 def run_later(job: Callable[[], object]) -> None:
@@ -63,7 +66,7 @@ def run_later(job: Callable[[], object]) -> None:
     _put(job, None)
 
 
-def _put(job: Callable[[], Any], answer: Future[Any] | None) -> None:
+def _put(job: Callable[[], Any], answer: _Answer | None) -> None:
     global _thread
     with _thread_lock:
         if _thread is None or not _thread.is_alive():  # first use, or a child forked from here
@@ -82,17 +85,19 @@ def _run_forever() -> None:
         _run_one(*_jobs.get())  # in a function: nothing of a finished job stays alive here
 
 
-def _run_one(job: Callable[[], Any], answer: Future[Any] | None) -> None:
+def _run_one(job: Callable[[], Any], answer: _Answer | None) -> None:
     try:
         result = job()
     except BaseException as error:
         if answer is None:
+            import traceback
+
             traceback.print_exc(file=sys.__stderr__)  # nobody waits for it: never silently
         else:
-            answer.set_exception(error)
+            answer.put((False, error))
     else:
         if answer is not None:
-            answer.set_result(result)
+            answer.put((True, result))
 
 
 def die_with_parent(parent_pid: int) -> None:

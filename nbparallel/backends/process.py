@@ -22,9 +22,8 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Callable
+from multiprocessing.connection import Connection, Pipe
 from typing import Any
-
-from multiprocess.connection import Connection, Pipe
 
 from .. import crossmemory, errors, lifecycle, messages, serialize, slots, tasks, transport
 from . import WorkerStatus, launcher, scheduling, worker_process
@@ -290,7 +289,7 @@ class ProcessPool:
 
     def start(self) -> None:
         """Launch the workers and start the dispatcher, unless they run already (the first task
-        does it, or `backends.start_process_pool`)."""
+        does it, or `backends.create`)."""
         if self._dispatcher is not None:
             return
         with self._start_once:
@@ -318,7 +317,7 @@ class ProcessPool:
                 limits, size = self._limits, self._size
                 if self.closed or missing <= 0:
                     break
-            started = [worker_process.launch(limits, size) for _ in range(missing)]
+            started = worker_process.launch(limits, missing, size)
             with self.lock:
                 closed = self.closed
                 if not closed:

@@ -22,12 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from typing import Any
 
-import psutil
-from multiprocess.connection import Connection
-
-from .. import messages, options, slots, tasks, thread_limits, transport
+from .. import lifecycle, messages, options, slots, tasks, thread_limits, transport
 from . import launcher
 
 EXIT_WAIT_SECONDS = 2.0  # a worker told to stop that has not exited by then is killed
@@ -125,10 +123,24 @@ class WorkerProcess:
         )
 
 
-def launch(limits: messages.Limits, pool_size: int) -> WorkerProcess:
-    """Start one worker interpreter (on the launcher thread), with a socket pair to this process;
-    BLAS and OpenMP in it start at most cpus // pool_size threads (see thread_limits)."""
+def launch(limits: messages.Limits, count: int, pool_size: int) -> list[WorkerProcess]:
+    """Start `count` worker interpreters (on the launcher thread), each with a socket pair to
+    this process. All are started before anything else is done for any of them, so that they
+    boot while this process records them (and imports what that takes, the first time). BLAS
+    and OpenMP in each start at most cpus // pool_size threads (see thread_limits)."""
     threads = thread_limits.worker_environment(pool_size, options.usable_cpus(), os.environ)
+    started = [_start_interpreter(threads) for _ in range(count)]
+    workers = []
+    for process, conn, slot in started:
+        identified = lifecycle.identify(process.pid)  # None: it died already; its EOF says why
+        conn.send_bytes(pickle.dumps({"sys_path": list(sys.path), "limits": limits}))
+        workers.append(WorkerProcess(process, conn, identified[1] if identified else 0.0, slot))
+    return workers
+
+
+def _start_interpreter(
+    threads: dict[str, str],
+) -> tuple[subprocess.Popen[bytes], Connection, memoryview]:
     ours, theirs = socket.socketpair()
     with ours, theirs, tempfile.TemporaryFile() as slot_file:
         slot_file.truncate(slots.BYTES)
@@ -149,13 +161,7 @@ def launch(limits: messages.Limits, pool_size: int) -> WorkerProcess:
                 env={**os.environ, **threads, "NBPARALLEL_WORKER": "1"},
             )
         )
-        conn = Connection(ours.detach())
-    try:
-        create_time = psutil.Process(process.pid).create_time()
-    except psutil.Error:  # it died already; the dispatcher will see EOF and say why
-        create_time = 0.0
-    conn.send_bytes(pickle.dumps({"sys_path": list(sys.path), "limits": limits}))
-    return WorkerProcess(process, conn, create_time, slot)
+        return process, Connection(ours.detach()), slot
 
 
 def reap(workers: list[WorkerProcess]) -> list[int]:
@@ -173,6 +179,8 @@ def reap(workers: list[WorkerProcess]) -> list[int]:
 
 
 def memory_rss(pid: int) -> int:
+    import psutil  # not needed to start a pool (see lifecycle)
+
     try:
         return int(psutil.Process(pid).memory_info().rss)
     except psutil.Error:
