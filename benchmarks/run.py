@@ -212,18 +212,34 @@ WHY_MISSED = {
     "progress": "on and off alternate in one process here. The bar's own cost is tqdm's set-up and its end "
     "display, about 0.45 ms per call (2% of a 20 ms call): more than that is the shared machine's noise.",
     "progress-widget": "the widget is a fixed cost per call, whatever its item count (redraws are at most 10 a "
-    "second): three widget models (bar, numbers, box; their layouts and styles are shared by "
-    "every bar), one display (ipykernel first flushes the cell's stdout and stderr, a round "
-    "trip to its I/O thread each) and one final update. Timed inside 100 tiny-task calls in a "
-    "kernel: 2.6 ms to show the bar (1.3 ms of it waiting for those two flushes, about 1 ms "
-    "making the three models), 0.6 ms to end it; a single widget and its display alone take "
-    "about 1.4 ms. Measured and no better: displaying from ipykernel's I/O thread so that the "
-    "cell does not wait for the flushes, and making the bar after the first tasks are sent "
-    "(both then compete with the call for the GIL and the 2 cores). A tiny-task call took "
-    "{kernel_call_ms:.0f} ms in the kernel in this run (progress off), so 5% is "
-    "{kernel_budget_ms:.1f} ms: under it, short calls would have to show no bar, and a cell's "
-    "output would then depend on how long its call took (nbval compares outputs). Every call "
-    "shows its bar.",
+    "second): three widget models, one display and one final update. Since this round, the bar is "
+    "shown after the first chunks are sent, and ipykernel's flushes of empty output streams are "
+    "skipped, so its messages go out while the workers run. That meets the target where the notebook "
+    "waits on its workers (1.01-1.02x on a 60 ms call whose items sleep; benchmarks/widget_cost.py), "
+    "not where the workers keep both of this machine's cores busy and the bar's 2-4 ms of kernel "
+    "work competes with them: 1.03-1.06x on a 60 ms busy call, and more on this {kernel_call_ms:.0f} "
+    "ms tiny-task call (5% is {kernel_budget_ms:.1f} ms). A tqdm.notebook bar around the same call "
+    "costs 9.5-12.8 ms there (1.15-1.22x): nbparallel's is 0.09-0.42x of it.",
+    "cold": "the whole process tree of one cold start uses about 490 ms of CPU here, stdlib spawn's 257 ms "
+    "(getrusage, 15 interleaved rounds, benchmarks/results/cold_start.md); with both cores busy, wall "
+    "time follows CPU time. Each nbparallel worker costs 90-115 ms of CPU against a spawn child's 50 "
+    "(dill 13-17 ms, dataclasses 8-12 ms, multiprocessing.connection 6-12 ms, its own modules 15-20 ms). "
+    "The parent's import is down from 80-100 ms to about 25 ms and the workers now boot while the "
+    "parent imports the rest, which took the ratio from about 2.1x to 1.6-1.8x. 1.0x would need one "
+    "booted worker forking the others (a fork server of our own): not done.",
+    "big-global": "an unchanged array is hashed (xxh3, 15 ms for 400 MB) and the shared copy reused, but each "
+    "call still sends the function (with the array's digest) and each worker maps its copy and reads "
+    "400 MB; MPIRE's per-map fork shares the notebook's pages outright. benchmarks/big_global.py "
+    "measured 0.57x MPIRE per map (paired, 5 rounds), 0.24x the code before the hash.",
+    "big-global-first": "the first call (and one after a change) writes the 400 MB into shared memory: 185-390 ms "
+    "here, alone 1.6-3.3x MPIRE's whole 117 ms call, which forks and shares the pages. Eight ways of "
+    "writing a fresh memfd were measured (benchmarks/results/big_global.md: fallocate, pwrite from 2 "
+    "threads, mmap with and without MAP_POPULATE); the current os.write loop was the fastest. Meeting "
+    "it needs no copy at all on the first call (workers reading the array out of the notebook's "
+    "memory, as large items already are): not done.",
+    "mpire-shapes": "three rounds on a shared machine; where the min-max range straddles 1.0 the two are not told "
+    "apart. Each nbparallel run is the README's way (an every-worker cell makes the state, then maps); "
+    "MPIRE's is a pool with worker_state and worker_init per run, as its benchmarks write it.",
 }
 
 
