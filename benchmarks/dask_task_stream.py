@@ -20,6 +20,8 @@ import time
 import warnings
 from collections.abc import Callable
 
+from pairing import alternating_rounds
+
 from nbparallel import parallel
 from nbparallel.backends import dask as dask_backend
 
@@ -41,15 +43,7 @@ def insights(on: bool) -> float:
 
 
 def paired(name: str, run: Callable[[bool], float], rounds: int) -> None:
-    ratios, a_times, b_times = [], [], []
-    for round_number in range(rounds):
-        if round_number % 2:
-            b, a = run(False), run(True)
-        else:
-            a, b = run(True), run(False)
-        a_times.append(a)
-        b_times.append(b)
-        ratios.append(a / b)
+    a_times, b_times, ratios = alternating_rounds(lambda: run(True), lambda: run(False), rounds)
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     print(
         f"{name}: A/B median {statistics.median(ratios):.3f} (quartiles {q1:.3f}-{q3:.3f}, "

@@ -18,6 +18,8 @@ import statistics
 import sys
 import time
 
+from pairing import alternating_rounds
+
 from nbparallel import parallel
 
 ITEMS = 200_000
@@ -49,15 +51,9 @@ def main() -> None:
     for _ in range(3):  # warm: workers started, functions cached, code paths compiled
         map_seconds(False)
         map_seconds(True)
-    ratios, off_times, on_times = [], [], []
-    for round_number in range(rounds):
-        if round_number % 2:
-            on, off = map_seconds(True), map_seconds(False)
-        else:
-            off, on = map_seconds(False), map_seconds(True)
-        off_times.append(off)
-        on_times.append(on)
-        ratios.append(on / off)
+    on_times, off_times, ratios = alternating_rounds(
+        lambda: map_seconds(True), lambda: map_seconds(False), rounds
+    )
     low, high = median_interval(ratios)
     quartiles = statistics.quantiles(ratios, n=4)
     print(
