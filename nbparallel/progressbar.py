@@ -139,7 +139,9 @@ class Progress:
         """The bar as the call began, drawn first: the text a saved notebook keeps (and nbval
         compares) is then the same on every run, however long the first chunks took to send (a
         pool still booting on a loaded machine: seconds). The next redraw shows the real time."""
-        return Snapshot(self.name, self.total, self.finished, float(self.finished), self.failed, 0.0)
+        return Snapshot(
+            self.name, self.total, self.finished, float(self.finished), self.failed, 0.0
+        )
 
     def snapshot(self, include_running: bool = True) -> Snapshot:
         value = float(self.finished)
