@@ -231,7 +231,16 @@ class Insights:
     def to_chrome_trace(self, path: str | os.PathLike[str], items: bool = False) -> None:
         """Write the record as Chrome trace-event JSON, which Perfetto (ui.perfetto.dev) and
         chrome://tracing open: a track per worker, a slice per chunk (and with `items`, a slice
-        per item inside it)."""
+        per item inside it).
+
+        Raises:
+            TypeError: `path` is not a path (an int would be taken as a file descriptor).
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(
+                f"to_chrome_trace wants a file path (str or pathlib.Path), got {path!r}: "
+                'e.g. record.to_chrome_trace("trace.json")'
+            )
         events = chrome_trace_events(self, items)
         with open(path, "w", encoding="utf-8") as file:
             json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, file)

@@ -123,6 +123,9 @@ def test_chrome_trace_is_json_with_a_track_per_worker_and_a_complete_event_per_c
     record.to_chrome_trace(path, items=True)
     items = [e for e in json.loads(path.read_text())["traceEvents"] if e.get("cat") == "item"]
     assert sorted(e["name"] for e in items) == sorted(f"item {i}" for i in range(40))
+    # An int would be opened as a file descriptor (closing one of the process's own).
+    with pytest.raises(TypeError, match="file path"):
+        record.to_chrome_trace(3)  # type: ignore[arg-type]
 
 
 def test_insights_off_records_nothing_and_sends_no_timing(session, monkeypatch):
