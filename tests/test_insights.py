@@ -88,6 +88,21 @@ def test_too_small_chunks_hint_a_bigger_chunksize():
     ), record.hints
 
 
+def test_equal_items_name_no_single_item_as_the_cause(backend):
+    parallel.map(nap, [0.3] * 3, insights=True, workers=2, chunksize=1, backend=backend)
+    record = parallel.insights()
+    assert not any(h.startswith("one item took") for h in record.hints), record.hints
+
+
+def test_workers_replaced_during_a_call_are_the_hint_not_the_chunk_size(session):
+    session.configure(workers=2, max_tasks_per_worker=1)
+    session.map(nap, [0.01] * 6, insights=True, chunksize=1)
+    record = session.insights()
+    assert len(record.workers) > 2
+    assert any("started during the call" in h for h in record.hints), record.hints
+    assert not any("chunksize" in h for h in record.hints), record.hints
+
+
 def test_tiny_items_are_timed_in_groups_and_slow_ones_one_by_one():
     """A clock read per tiny item would cost as much as the item: they are timed in groups."""
     tiny = timing.ItemClock()
