@@ -38,7 +38,9 @@ if TYPE_CHECKING:  # imported on first use, by __getattr__; type checkers see th
     from .options import Options
 
 __all__ = [
+    "ChunkSpan",
     "ClusterStartError",
+    "Insights",
     "NbParallelError",
     "OptionError",
     "MapHandle",
@@ -64,6 +66,8 @@ _FRONT_END = {
     "PoolStatus": "backends",
     "MapHandle": "background",
     "Options": "options",
+    "Insights": "insights",  # what parallel.insights() returns, for annotations
+    "ChunkSpan": "insights",
 }
 
 

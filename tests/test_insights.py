@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from nbparallel import OptionError, messages, outcomes, parallel, slots, timing
+from nbparallel import ChunkSpan, Insights, OptionError, messages, outcomes, parallel, slots, timing
 from nbparallel.execution import run_chunk
 
 from .conftest import run_script
@@ -43,6 +43,7 @@ def test_working_times_are_the_items_own_times_and_efficiency_is_as_expected(bac
     )
     record = parallel.insights()
     assert (record.name, record.backend, record.items, len(record.chunks)) == ("nap", backend, 4, 4)
+    assert isinstance(record, Insights) and all(isinstance(c, ChunkSpan) for c in record.chunks)
     for span, cost in zip(record.chunks, record.costs, strict=True):
         assert span.state == "done" and span.items == 1
         assert cost.item_seconds[0] == pytest.approx(sleeps[span.first_item], rel=0.2)
