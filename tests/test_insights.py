@@ -158,6 +158,10 @@ def test_insights_off_records_nothing_and_sends_no_timing(session, monkeypatch):
     assert all(isinstance(e, messages.TaskDone) and e.timing is None for e in seen)
     with pytest.raises(LookupError, match="run one with insights=True"):
         session.insights()
+    session.configure(insights=True)
+    assert session.submit(abs, -1).result() == 1
+    with pytest.raises(LookupError, match="submit, joblib's calls and every-worker setup do not"):
+        session.insights()
 
 
 def test_insights_come_from_the_decorator_and_from_configure(session):
