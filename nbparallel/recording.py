@@ -61,10 +61,15 @@ class Recorder:
                 timing.group_items, timing.group_seconds, timing.cluster_steps,
             )  # fmt: skip
             self._keep_slowest(chunk, span.worker, timing.slowest)
-        else:  # lost with its worker: what ran of it is unknown
+        else:  # lost with its worker: what ran of it is unknown, but for a timed-out item
             worker = getattr(event, "pid", 0) or (running.worker if running else 0)
             sent = running.sent if running else time.time()
             started = running.started if running else None
+            ran = getattr(event, "item_seconds", None)
+            if ran is not None and event.offset is not None:  # type: ignore[attr-defined]
+                self._keep_slowest(chunk, worker, [(event.offset, ran)])  # type: ignore[attr-defined]
+                started = min(started or time.time(), time.time() - ran)
+                sent = min(sent, started)
             span = ChunkSpan(
                 worker, chunk.position, len(chunk.items), sent, started, None, time.time(), state
             )

@@ -104,6 +104,19 @@ def test_workers_replaced_during_a_call_are_the_hint_not_the_chunk_size(session)
     assert not any("chunksize" in h for h in record.hints), record.hints
 
 
+def test_a_timed_out_item_is_the_slowest_with_the_time_it_ran():
+    parallel.map(
+        nap, [0.0, 0.0], workers=2
+    )  # workers have imported this module: 0.5 s is for items
+    with pytest.raises(TimeoutError, match="item 5"):
+        parallel.map(nap, [0.01] * 5 + [30], insights=True, timeout=0.5, chunksize=1, workers=2)
+    record = parallel.insights()
+    slowest = record.slowest[0]
+    assert slowest.position == 5 and 0.5 <= slowest.seconds < 5
+    assert max(w.working for w in record.workers) >= 0.45
+    assert any(h.startswith("one item took") and "item 5" in h for h in record.hints)
+
+
 def test_tiny_items_are_timed_in_groups_and_slow_ones_one_by_one():
     """A clock read per tiny item would cost as much as the item: they are timed in groups."""
     tiny = timing.ItemClock()
