@@ -207,7 +207,7 @@ class Insights:
         except ImportError:
             raise errors.pandas_missing() from None
         if per == "worker":
-            rows = [dataclasses.asdict(w) for w in self.workers]
+            rows = [_fields(w) for w in self.workers]
         elif per == "item":
             rows = [
                 {"position": span.first_item + offset, "worker": span.worker, "seconds": seconds}
@@ -216,14 +216,7 @@ class Insights:
             ]
         else:
             rows = [
-                {
-                    **dataclasses.asdict(span),
-                    **{
-                        name: value
-                        for name, value in dataclasses.asdict(cost).items()
-                        if name not in ("group_items", "group_seconds")
-                    },
-                }
+                {**_fields(span), **_fields(cost, skip=("group_items", "group_seconds"))}
                 for span, cost in zip(self.chunks, self.costs, strict=True)
             ]
         return pandas.DataFrame(rows)
@@ -244,6 +237,16 @@ class Insights:
         events = chrome_trace_events(self, items)
         with open(path, "w", encoding="utf-8") as file:
             json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, file)
+
+
+def _fields(record: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dataclass's fields as they are (dataclasses.asdict deep-copies each: 4 s for a record
+    of 20,000 chunks)."""
+    return {
+        field.name: getattr(record, field.name)
+        for field in dataclasses.fields(record)
+        if field.name not in skip
+    }
 
 
 def chrome_trace_events(record: Insights, items: bool = False) -> list[dict[str, Any]]:
