@@ -8,9 +8,16 @@ are kept while tasks of the same function follow, and given back:
 - when a task of another function comes, or a new version of the function arrives;
 - when the worker has had no task for IDLE_SECONDS (the notebook is between cells);
 - after a task that wrote to them (copy-on-write made those pages the worker's own), so that
-  every task still sees the array as the notebook sent it. Linux's PAGEMAP_SCAN (6.7+) tells
-  whether the process holds a page of its own in a mapping without reading the data; where it
-  cannot tell (older kernels, other systems), the pages are given back after every task.
+  every task still sees the array as the notebook sent it.
+
+Telling a task that wrote costs nothing in the common case: a page becomes the worker's own
+only in a page fault, and Linux counts every fault of the process's threads (getrusage), so a
+task during which the count did not move wrote nothing. After one during which it moved (it
+mapped pages it had not read before, or wrote), Linux 6.7+'s PAGEMAP_SCAN says whether the
+process holds a page of its own in the mappings, without reading the data (a walk of their page
+tables: 5-40 ms for 400 MB mapped, as long as mapping them again, so it is not done every task).
+Where it cannot tell (an older kernel), and on other systems, the pages of such a task are
+given back, as they were after every task before.
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ from __future__ import annotations
 import functools
 import os
 import struct
+import sys
 from typing import Any
 
 from . import transport
 
 IDLE_SECONDS = 1.0
+_COUNTS_FAULTS = sys.platform.startswith("linux")
 
 # struct pm_scan_arg (linux/fs.h): size, flags, start, end, walk_end, vec, vec_len, max_pages,
 # category_inverted, category_mask, category_anyof_mask, return_mask.
@@ -39,6 +48,7 @@ class KeptPages:
         self._frames: list[Any] = []
         self._spans: list[tuple[int, int]] = []
         self.mapped = False  # a task of the function ran since its pages were last given back
+        self._faults: int | None = None  # the process's page faults when last seen clean
 
     def hold(self, digest: bytes, frames: list[Any]) -> None:
         """Keep the pages of a newly arrived function's frames (giving back the previous one's)."""
@@ -55,15 +65,29 @@ class KeptPages:
             self.mapped = True
 
     def after_task(self, keep: bool = True) -> None:
-        """A task has run: give the pages back if it wrote to them, if that cannot be told, or
-        if not `keep` (the worker is about to measure its memory against a limit)."""
-        if self.mapped and (not keep or _written(self._spans)):
+        """A task has run (of any function: one may have reached the arrays through a worker's
+        globals): give the pages back if it wrote to them, if that cannot be told, or if not
+        `keep` (the worker is about to measure its memory against a limit)."""
+        if not self._frames:
+            return
+        faults = _faults()  # before the scan: a fault after it is counted for the next task
+        if not keep or faults is None or (faults != self._faults and _written(self._spans)):
             self.release()
+        self._faults = faults
 
     def release(self) -> None:
-        if self.mapped:
-            transport.release_pages(self._frames)
-            self.mapped = False
+        transport.release_pages(self._frames)
+        self.mapped = False
+
+
+def _faults() -> int | None:
+    """The page faults of this process so far; None where they are not known to count every write."""
+    if not _COUNTS_FAULTS:
+        return None
+    import resource  # here: Windows has none
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt + usage.ru_majflt
 
 
 def _span(frame: memoryview) -> tuple[int, int]:

@@ -204,6 +204,32 @@ def test_a_task_that_writes_to_a_captured_array_leaves_the_next_one_the_notebook
     assert [last for _, last in results[2:]] == [SIZE - 1.0] * 2
 
 
+@needs_page_scan
+def test_a_write_by_another_functions_task_is_not_seen_by_the_next_task_either(session):
+    """A task of another function that reaches a worker's copy of the array (an earlier task
+    kept it in the worker's builtins) and writes to it: the array's own function, run again in
+    that worker, still sees the array as the notebook sent it."""
+    global GRID
+    session.configure(workers=1)
+    GRID = numpy.zeros(SIZE)
+
+    def keep_and_read(_):
+        import builtins
+
+        builtins.__dict__["kept_by_test"] = GRID
+        return float(GRID[0])
+
+    def write_kept(_):
+        import builtins
+
+        builtins.__dict__.pop("kept_by_test")[0] = 5.0
+        return True
+
+    assert session.map(keep_and_read, range(2)) == [0.0, 0.0]
+    assert session.map(write_kept, range(1)) == [True]
+    assert session.map(keep_and_read, range(1)) == [0.0]
+
+
 def test_a_global_array_changed_twenty_times_leaves_only_its_newest_copy(session):
     """Each call after a change makes a new shared copy, and the ones it supersedes are released:
     the notebook keeps only the newest, and each worker only the one of its last task (a worker
