@@ -38,13 +38,13 @@ MEASURES = {  # name in the table: how to read it from bench_one's output
 }
 
 
-RUN_SECONDS = 240  # a run that has not answered by then is stopped and run again
-ATTEMPTS = 3
+RUN_SECONDS = 120  # a run that has not answered by then is stopped and run again (one takes 5-30 s)
+ATTEMPTS = 6
 
 
 def run(library: str, repeats: int, pythonpath: str | None) -> dict:
     """One run of bench_one; run again if it hangs (MPIRE's pool at times waits forever on
-    workers that are gone: seen once in 2026-12-07's runs, at load 5-7)."""
+    workers that are gone: seen three times in 2026-12-07's runs, at load 5-7)."""
     for _ in range(ATTEMPTS):
         result = run_once(library, repeats, pythonpath)
         if result is not None:
