@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,22 @@ MEASURES = {  # name in the table: how to read it from bench_one's output
 }
 
 
+RUN_SECONDS = 120  # a run that has not answered by then is stopped and run again (one takes 5-30 s)
+ATTEMPTS = 6
+
+
 def run(library: str, repeats: int, pythonpath: str | None) -> dict:
+    """One run of bench_one; run again if it hangs (MPIRE's pool at times waits forever on
+    workers that are gone: seen three times in 2026-12-07's runs, at load 5-7)."""
+    for _ in range(ATTEMPTS):
+        result = run_once(library, repeats, pythonpath)
+        if result is not None:
+            return result
+        print(f"{library}: no answer in {RUN_SECONDS} s, stopped; running it again", flush=True)
+    raise SystemExit(f"{library}: no answer in {ATTEMPTS} runs")
+
+
+def run_once(library: str, repeats: int, pythonpath: str | None) -> dict | None:
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
@@ -51,12 +67,20 @@ def run(library: str, repeats: int, pythonpath: str | None) -> dict:
         text=True,
     )
     assert process.stdout is not None
-    line = next((line for line in process.stdout if line.startswith("{")), "{}")
+    line, deadline = "", time.monotonic() + RUN_SECONDS
+    while not line.startswith("{"):
+        ready, _, _ = select.select([process.stdout], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            line = ""
+            break
+        line = process.stdout.readline() or "{}"
     with contextlib.suppress(psutil.NoSuchProcess):
         for child in psutil.Process(process.pid).children(recursive=True):
             child.kill()
     process.kill()
     process.wait()
+    if not line:
+        return None
     result = json.loads(line)
     if "error" in result or not result:
         raise SystemExit(f"{library}: {result.get('error', 'no result')}")

@@ -207,8 +207,10 @@ WHY_MISSED = {
     "item, both workers in parallel); where that is not allowed, the items are written once "
     "into shared memory (one copy of 400 MB, about 0.15 s here) and measure about 0.67x joblib.",
     "big-global-memory": "the notebook's array (411 MB) plus the shared copy the workers map, written once per "
-    "call and counted in their memory as they touch it; workers give those pages back after "
-    "each task.",
+    "changed array and counted in each worker's memory as it reads it; a worker keeps those pages "
+    "while tasks of the function follow (so calls over an unchanged array do not map them again) "
+    "and gives them back after a second idle: the tree's RSS counts the one shared copy in every "
+    "worker that read it (benchmarks/big_global.py: 1.46x serial, 1.41-1.61, against 1.10x before).",
     "progress": "on and off alternate in one process here. The bar's own cost is tqdm's set-up and its end "
     "display, about 0.45 ms per call (2% of a 20 ms call): more than that is the shared machine's noise.",
     "progress-widget": "the widget is a fixed cost per call, whatever its item count (redraws are at most 10 a "
@@ -227,10 +229,13 @@ WHY_MISSED = {
     "The parent's import is down from 80-100 ms to about 25 ms and the workers now boot while the "
     "parent imports the rest, which took the ratio from about 2.1x to 1.6-1.8x. 1.0x would need one "
     "booted worker forking the others (a fork server of our own): not done.",
-    "big-global": "an unchanged array is hashed (xxh3, 15 ms for 400 MB) and the shared copy reused, but each "
-    "call still sends the function (with the array's digest) and each worker maps its copy and reads "
-    "400 MB; MPIRE's per-map fork shares the notebook's pages outright. benchmarks/big_global.py "
-    "measured 0.57x MPIRE per map (paired, 5 rounds), 0.24x the code before the hash.",
+    "big-global": "an unchanged array is hashed (xxh3, 15 ms for 400 MB here, 40-55 ms under load; two threads "
+    "were no faster) and the shared copy reused, and each worker keeps the pages it read from one "
+    "task of the function to the next; but a task that maps pages for the first time is followed "
+    "by a page-table scan (5-40 ms for 400 MB mapped) that tells whether it wrote to them, which the "
+    "first calls over an array pay until each worker has read every slice. MPIRE's per-map fork "
+    "shares the notebook's pages outright. benchmarks/big_global.py measured 0.50x MPIRE per map "
+    "(0.46-0.91, paired, 5 rounds at load 3.5-5), 0.63x the code before.",
     "big-global-first": "the first call (and one after a change) writes the 400 MB into shared memory: 185-390 ms "
     "here, alone 1.6-3.3x MPIRE's whole 117 ms call, which forks and shares the pages. Eight ways of "
     "writing a fresh memfd were measured (benchmarks/results/big_global.md: fallocate, pwrite from 2 "

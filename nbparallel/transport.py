@@ -200,13 +200,23 @@ def receive_message(conn: Any, map_shared: bool = True) -> Any:
     return message
 
 
+def mapped_frames(frames: list[Any]) -> list[memoryview]:
+    """The frames among `frames` that are mapped shared files (as `receive_message` maps them)."""
+    return [frame for frame in frames if _mapping(frame) is not None]
+
+
 def release_pages(frames: list[Any]) -> None:
     """Give back the memory of pages read from mapped shared frames; they are read again from
     the shared file if used. Changes made to them are dropped: they were the receiver's copy."""
     for frame in frames:
-        mapping = getattr(frame, "obj", None)
-        if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        mapping = _mapping(frame)
+        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
             mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def _mapping(frame: Any) -> mmap.mmap | None:
+    mapping = getattr(frame, "obj", None)
+    return mapping if isinstance(mapping, mmap.mmap) else None
 
 
 def _anonymous_file() -> int:

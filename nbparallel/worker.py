@@ -24,7 +24,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import execution, messages, serialize, slots, transport
+from . import execution, keptpages, messages, serialize, slots, transport
 from .backends.launcher import die_with_parent
 
 _CANCELLED_REMEMBERED = 64
@@ -139,10 +139,10 @@ def _serve(
     it should make way for a fresh one."""
     functions = execution.FunctionCache()
     setup = execution.SetupNamespace()
-    function_pages: list[Any] = []  # the shared arrays of the newest function that has any
+    kept = keptpages.KeptPages()  # the shared arrays' pages of the newest function with any
     tasks_done = 0
     while True:
-        task: messages.RunTask | messages.StopWorker | messages.Limits = inbox.get()
+        task: messages.RunTask | messages.StopWorker | messages.Limits = _next_message(inbox, kept)
         if isinstance(task, messages.Limits):
             limits = task
             continue
@@ -153,8 +153,9 @@ def _serve(
         if task.function_frames:
             functions.add(task.digest, task.frames[: task.function_frames])
             if serialize.holds_large_data(task.digest):
-                function_pages = task.frames[1 : task.function_frames]
+                kept.hold(task.digest, task.frames[1 : task.function_frames])
             task.frames = task.frames[task.function_frames :]
+        kept.before_task(task.digest)
         sender.task_id = task.task_id
         slot[slots.ITEM] = slots.NOT_STARTED
         slot[slots.TASK] = task.task_id
@@ -174,17 +175,27 @@ def _serve(
             tasks_done += 1
         for stream in streams:
             stream.flush()
-        # What this task read of large data leaves this process's memory now (its items are
-        # freed, the captured arrays' pages given back), before the pool hears that the task
-        # is done and sends the next one; the next task maps again what it reads. So a worker's
-        # memory is what one task touches, not all a call ever touched.
+        # The task's items leave this process's memory now, before the pool hears that the
+        # task is done and sends the next one. The pages it read of captured arrays stay for
+        # the next task of the same function, unless it wrote to them (see keptpages): that
+        # check runs while the reply is on its way.
         del task, unreadable
-        transport.release_pages(function_pages)
         sender.send(reply)
         del reply
+        kept.after_task(keep=limits.max_memory is None)  # a limit counts what the task kept
         if _worn_out(limits, tasks_done):
             sender.send(messages.Retiring())
             os._exit(0)
+
+
+def _next_message(inbox: queue.SimpleQueue[Any], kept: keptpages.KeptPages) -> Any:
+    """The next message; if none comes for IDLE_SECONDS, the kept pages are given back first."""
+    if kept.mapped:
+        try:
+            return inbox.get(timeout=keptpages.IDLE_SECONDS)
+        except queue.Empty:
+            kept.release()
+    return inbox.get()
 
 
 def _worn_out(limits: messages.Limits, tasks_done: int) -> bool:

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from nbparallel import serialize, transport
+from nbparallel import keptpages, serialize, transport
 
-from .conftest import counting_shared_files, shared_files
+from .conftest import counting_shared_files, shared_files, wait_until
 
 numpy = pytest.importorskip("numpy")
 
@@ -128,6 +128,106 @@ def test_another_function_over_the_same_unchanged_array_shares_the_same_copy(ses
         assert len(session.map(same_array_as_before, range(4))) == 4
 
     assert len(created) == 1
+
+
+def mapped_shared_kb(pid: int | str = "self") -> int:
+    """How much shared memory process `pid` has mapped (Linux: RssShmem), in kB."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssShmem:"))
+
+
+def array_readers():
+    """Cell functions reporting how much shared memory their worker had mapped when they began:
+    one reading GRID whole, one reading nothing."""
+
+    def grid_sum(_):
+        mapped = mapped_shared_kb()
+        return mapped, float(GRID.sum())
+
+    def no_grid(_):
+        return mapped_shared_kb()
+
+    return grid_sum, no_grid
+
+
+needs_page_scan = pytest.mark.skipif(
+    not keptpages.can_tell(), reason="the kernel cannot tell whether a task wrote to a mapping"
+)
+
+
+@needs_page_scan
+def test_a_worker_keeps_an_unchanged_arrays_pages_for_the_next_task_of_the_same_function(session):
+    """Tasks of one function over an unchanged array, back to back, find the pages the previous
+    task read still mapped (where each task used to map them again); a task of another function
+    finds them given back, and so does a worker left idle."""
+    global GRID
+    session.configure(workers=1)
+    grid_sum, no_grid = array_readers()
+    GRID = numpy.ones(SIZE)
+    array_kb = GRID.nbytes // 1024
+
+    first, *later = session.map(grid_sum, range(4), chunksize=1)
+    later += session.map(grid_sum, range(4), chunksize=1)
+
+    assert first[0] < array_kb // 2
+    assert [mapped >= array_kb for mapped, _ in later] == [True] * len(later), later
+    assert all(total == SIZE for _, total in [first, *later])
+    assert all(mapped < array_kb // 2 for mapped in session.map(no_grid, range(2)))
+
+    session.map(grid_sum, range(2))
+    (worker,) = session.status().workers
+    wait_until(lambda: mapped_shared_kb(worker.pid) < array_kb // 2)
+
+
+@needs_page_scan
+def test_a_task_that_writes_to_a_captured_array_leaves_the_next_one_the_notebooks_array(session):
+    """A worker's copy of a captured array is its own to change, but only for the task: the next
+    task of the same function, in the same worker, sees the array as the notebook sent it,
+    whether the change was to a page the task had read or to one it had not."""
+    global GRID
+    session.configure(workers=1)
+    GRID = numpy.arange(SIZE, dtype=numpy.float64)
+    middle = SIZE // 2
+
+    def read_then_write(item):
+        seen = float(GRID[0]), float(GRID[middle])
+        if item == 0:
+            GRID[0] = -1.0  # a page this task read
+        elif item == 1:
+            GRID[-1] = -1.0  # a page no task read
+        return seen, float(GRID[-1])
+
+    expected = (0.0, float(middle))
+    results = session.map(read_then_write, range(4), chunksize=1)
+    assert results[0] == (expected, SIZE - 1.0)
+    assert [seen for seen, _ in results] == [expected] * 4
+    assert [last for _, last in results[2:]] == [SIZE - 1.0] * 2
+
+
+@needs_page_scan
+def test_a_write_by_another_functions_task_is_not_seen_by_the_next_task_either(session):
+    """A task of another function that reaches a worker's copy of the array (an earlier task
+    kept it in the worker's builtins) and writes to it: the array's own function, run again in
+    that worker, still sees the array as the notebook sent it."""
+    global GRID
+    session.configure(workers=1)
+    GRID = numpy.zeros(SIZE)
+
+    def keep_and_read(_):
+        import builtins
+
+        builtins.__dict__["kept_by_test"] = GRID
+        return float(GRID[0])
+
+    def write_kept(_):
+        import builtins
+
+        builtins.__dict__.pop("kept_by_test")[0] = 5.0
+        return True
+
+    assert session.map(keep_and_read, range(2)) == [0.0, 0.0]
+    assert session.map(write_kept, range(1)) == [True]
+    assert session.map(keep_and_read, range(1)) == [0.0]
 
 
 def test_a_global_array_changed_twenty_times_leaves_only_its_newest_copy(session):
