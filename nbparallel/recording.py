@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +42,7 @@ class Recorder:
         self._slowest: list[tuple[float, int, int, Any]] = []
         self._ended: tuple[float, tuple[Any, ...], tuple[SlowItem, ...]] | None = None
         self._record: Insights | None = None
+        self._building = threading.Lock()  # a background call's bar and the user may both read
 
     def sent(self, chunk: tasks.Chunk, seconds: float) -> None:
         self._sent[chunk.task_id] = seconds
@@ -139,18 +141,22 @@ class Recorder:
 
     def record(self) -> Insights:
         """The call's record (once `finish`ed), built on first read: the same object after."""
-        if self._record is None:
-            assert self._ended is not None, "the call has not ended"
-            end, workers, slowest = self._ended
-            spans = self.spans()
-            costs = [*self._costs, *(ChunkCost(0.0, 0.0, 0.0, 0.0, 0.0) for _ in self._running)]
-            rows = _worker_rows(self.start, end, spans, costs, workers, self.worker_count)
-            record = Insights(
-                self.name, self.backend, self.start, end, self.worker_count, tuple(rows),
-                tuple(spans), tuple(costs), slowest, (),
-            )  # fmt: skip
-            self._record = dataclasses.replace(record, hints=tuple(hints(record)))
-        return self._record
+        with self._building:
+            if self._record is None:
+                self._record = self._build()
+            return self._record
+
+    def _build(self) -> Insights:
+        assert self._ended is not None, "the call has not ended"
+        end, workers, slowest = self._ended
+        spans = self.spans()
+        costs = [*self._costs, *(ChunkCost(0.0, 0.0, 0.0, 0.0, 0.0) for _ in self._running)]
+        rows = _worker_rows(self.start, end, spans, costs, workers, self.worker_count)
+        record = Insights(
+            self.name, self.backend, self.start, end, self.worker_count, tuple(rows),
+            tuple(spans), tuple(costs), slowest, (),
+        )  # fmt: skip
+        return dataclasses.replace(record, hints=tuple(hints(record)))
 
 
 def _worker_rows(
