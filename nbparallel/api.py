@@ -25,10 +25,9 @@ if TYPE_CHECKING:
     import queue
     from concurrent.futures import Future
 
-    from . import calls
+    from . import calls, recording
     from .background import MapHandle
     from .insights import Insights
-    from .recording import Recorder
 
 _NO_ITEMS: Any = object()
 
@@ -75,7 +74,7 @@ class Parallel:
         self._backends: dict[str, backends.Backend] = {}  # started on first use, one per kind
         self._lock = threading.Lock()
         self._partial: dict[int, Any] = {}
-        self._insights: Recorder | None = None  # of the last call with insights on
+        self._insights: recording.Recorder | None = None  # of the last call with insights on
         self._setup_count = 0
         self._generation = 0  # shutdowns so far: a start in the background asked before one is void
         self._prestarted: backends.Backend | None = None  # started early, not yet used by a call
@@ -317,7 +316,7 @@ class Parallel:
         def keep_partial(unyielded: dict[int, Any]) -> None:
             self._partial = {**dict(enumerate(collected or ())), **unyielded}
 
-        def keep_insights(recorder: Recorder) -> None:
+        def keep_insights(recorder: recording.Recorder) -> None:
             self._insights = recorder
 
         return calls.stream(
