@@ -38,7 +38,9 @@ if TYPE_CHECKING:  # imported on first use, by __getattr__; type checkers see th
     from .options import Options
 
 __all__ = [
+    "ChunkSpan",
     "ClusterStartError",
+    "Insights",
     "NbParallelError",
     "OptionError",
     "MapHandle",
@@ -64,6 +66,8 @@ _FRONT_END = {
     "PoolStatus": "backends",
     "MapHandle": "background",
     "Options": "options",
+    "Insights": "insights",  # what parallel.insights() returns, for annotations
+    "ChunkSpan": "insights",
 }
 
 
@@ -84,9 +88,10 @@ def __dir__() -> list[str]:
 
 
 def _register_joblib_backend(joblib: Any = None) -> None:
-    from . import joblib_backend
-
-    joblib_backend.register()
+    # Importing the module registers the backend, at its end: where it is the first to import
+    # joblib (`configure(joblib=True)` before any `import joblib`), this hook runs while the
+    # module is half made, with no `register` yet.
+    from . import joblib_backend  # noqa: F401
 
 
 # `joblib.parallel_config(backend="nbparallel")` works wherever joblib is imported, before or

@@ -178,7 +178,8 @@ def pandas_missing() -> ModuleNotFoundError:
 def no_insights() -> LookupError:
     return LookupError(
         "no call has recorded insights yet: run one with insights=True (or after "
-        "parallel.configure(insights=True), or %%parallel ... --insights), then ask again."
+        "parallel.configure(insights=True), or %%parallel ... --insights), then ask again. "
+        "Maps and their variants record; submit, joblib's calls and every-worker setup do not."
     )
 
 

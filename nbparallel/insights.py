@@ -207,7 +207,7 @@ class Insights:
         except ImportError:
             raise errors.pandas_missing() from None
         if per == "worker":
-            rows = [dataclasses.asdict(w) for w in self.workers]
+            rows = [_fields(w) for w in self.workers]
         elif per == "item":
             rows = [
                 {"position": span.first_item + offset, "worker": span.worker, "seconds": seconds}
@@ -216,14 +216,7 @@ class Insights:
             ]
         else:
             rows = [
-                {
-                    **dataclasses.asdict(span),
-                    **{
-                        name: value
-                        for name, value in dataclasses.asdict(cost).items()
-                        if name not in ("group_items", "group_seconds")
-                    },
-                }
+                {**_fields(span), **_fields(cost, skip=("group_items", "group_seconds"))}
                 for span, cost in zip(self.chunks, self.costs, strict=True)
             ]
         return pandas.DataFrame(rows)
@@ -231,10 +224,29 @@ class Insights:
     def to_chrome_trace(self, path: str | os.PathLike[str], items: bool = False) -> None:
         """Write the record as Chrome trace-event JSON, which Perfetto (ui.perfetto.dev) and
         chrome://tracing open: a track per worker, a slice per chunk (and with `items`, a slice
-        per item inside it)."""
+        per item inside it).
+
+        Raises:
+            TypeError: `path` is not a path (an int would be taken as a file descriptor).
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(
+                f"to_chrome_trace wants a file path (str or pathlib.Path), got {path!r}: "
+                'e.g. record.to_chrome_trace("trace.json")'
+            )
         events = chrome_trace_events(self, items)
         with open(path, "w", encoding="utf-8") as file:
             json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, file)
+
+
+def _fields(record: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dataclass's fields as they are (dataclasses.asdict deep-copies each: 4 s for a record
+    of 20,000 chunks)."""
+    return {
+        field.name: getattr(record, field.name)
+        for field in dataclasses.fields(record)
+        if field.name not in skip
+    }
 
 
 def chrome_trace_events(record: Insights, items: bool = False) -> list[dict[str, Any]]:

@@ -327,3 +327,6 @@ def _session() -> Any:
     from . import parallel
 
     return parallel
+
+
+register()  # on import: see nbparallel._register_joblib_backend

@@ -172,6 +172,23 @@ class ParallelMagics(Magics):
                 raise UsageError(
                     "%%parallel --every-worker runs the cell on every worker: it takes no 'for ... in ...'"
                 )
+            ignored = [
+                flag
+                for flag, given in (
+                    ("--workers", args.workers is not None),
+                    ("--chunksize", args.chunksize is not None),
+                    ("--unordered", args.unordered),
+                    ("--insights", args.insights),
+                    ("--background", args.background),
+                    ("--show-workers", args.show_workers),
+                )
+                if given
+            ]
+            if ignored:
+                raise UsageError(
+                    f"%%parallel --every-worker runs the cell once per worker, recording and "
+                    f"showing nothing: drop {', '.join(ignored)}"
+                )
             count = self._parallel.run_on_every_worker(source, namespace)
             print(f"ran on {count} workers")
             return None

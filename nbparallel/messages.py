@@ -167,6 +167,7 @@ class TaskLost:
     offset: int | None  # of the item it was running, None if it had not started one
     timed_out: bool = False
     error: BaseException | None = None  # set when the pool itself gave up (it was shut down)
+    item_seconds: float | None = None  # how long that item had run, where the pool watched it
 
 
 @dataclasses.dataclass(slots=True)

@@ -76,11 +76,16 @@ class Recorder:
             self._arrived.append(arrived)
             self._keep_slowest(chunk, timing.worker, timing.slowest)
             return
-        # Lost with its worker: what ran of it is unknown.
+        # Lost with its worker: what ran of it is unknown, but for a timed-out item.
         self._settle()  # the chunks stay in the order their answers arrived
         worker = getattr(event, "pid", 0) or (running.worker if running else 0)
         sent = running.sent if running else time.time()
         started = running.started if running else None
+        ran = getattr(event, "item_seconds", None)
+        if ran is not None and event.offset is not None:  # type: ignore[attr-defined]
+            self._keep_slowest(chunk, worker, [(event.offset, ran)])  # type: ignore[attr-defined]
+            started = min(started or time.time(), time.time() - ran)
+            sent = min(sent, started)
         self._chunks.append(
             ChunkSpan(
                 worker, chunk.position, len(chunk.items), sent, started, None, time.time(), state
@@ -211,23 +216,36 @@ def hints(record: Insights) -> list[str]:
     """What to change, when the cause is plain; most telling first."""
     found: list[str] = []
     wall, workers = record.wall, record.workers
-    if wall <= 0 or not workers or record.efficiency > 0.9:
+    if wall <= 0 or not workers or not record.items or record.efficiency > 0.9:
         return found
-    if record.slowest and record.slowest[0].seconds >= 0.3 * wall and record.worker_count > 1:
-        item = record.slowest[0]
+    slowest = record.slowest
+    stands_out = len(slowest) == 1 or (
+        len(slowest) > 1 and slowest[0].seconds >= 2 * slowest[1].seconds
+    )
+    if slowest and stands_out and slowest[0].seconds >= 0.3 * wall and record.worker_count > 1:
+        item = slowest[0]
         found.append(
             f"one item took {item.seconds / wall:.0%} of the time: item {item.position} "
             f"({item.args})"
         )
+    started_later = len(workers) - record.worker_count  # on dask: a cluster may be bigger
+    if started_later > 0 and record.backend == "processes":
+        # Workers that exited were replaced (max_tasks_per_worker, a crash, a timeout): their
+        # successors' start-up, not the chunk size, is what kept the others waiting.
+        found.append(
+            f"{_count(started_later, 'worker')} started during the call, replacing ones that "
+            "exited (max_tasks_per_worker, a crash or a timeout): starting them took the time"
+        )
+        return found
     chunks = [c for c in record.chunks if c.started is not None]
     items = record.items
     if len(chunks) < record.worker_count:
         if items < record.worker_count:
-            found.append(f"only {items} items for {record.worker_count} workers")
+            found.append(f"only {_count(items, 'item')} for {record.worker_count} workers")
         else:
             smaller = max(1, math.ceil(items / (record.worker_count * 4)))
             found.append(
-                f"only {len(chunks)} chunks for {record.worker_count} workers: "
+                f"only {_count(len(chunks), 'chunk')} for {record.worker_count} workers: "
                 f"try chunksize={smaller}"
             )
     waiting = sum(w.waiting for w in workers) / (len(workers) * wall)
@@ -247,10 +265,11 @@ def hints(record: Insights) -> list[str]:
         elif typical < TARGET_CHUNK_SECONDS / 2:
             bigger = math.ceil(size * TARGET_CHUNK_SECONDS / max(typical, 1e-6))
             bigger = min(bigger, max(1, items // record.worker_count))
-            found.append(
-                f"workers waited {waiting:.0%} of the time for work: chunks too small, try "
-                f"chunksize={bigger}"
-            )
+            if bigger > size:  # never the chunk size the call had already
+                found.append(
+                    f"workers waited {waiting:.0%} of the time for work: chunks too small, try "
+                    f"chunksize={bigger}"
+                )
     transfer = sum(w.transfer for w in workers) / (len(workers) * wall)
     if transfer >= 0.25:
         found.append(
@@ -260,12 +279,17 @@ def hints(record: Insights) -> list[str]:
     startup = sum(w.startup for w in workers) / (len(workers) * wall)
     if startup >= 0.25:
         found.append(f"starting the workers took {startup:.0%} of the time: later calls reuse them")
-    if record.kernel_send_seconds >= 0.25 * wall:
+    # Threads share the kernel's memory: what sending took there is starting the pool's threads.
+    if record.kernel_send_seconds >= 0.25 * wall and record.backend != "threads":
         found.append(
             f"the kernel spent {record.kernel_send_seconds / wall:.0%} of the time serializing "
             "items: send smaller items (a path or an index instead of the data)"
         )
     return found
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _tail_waiting(record: Insights) -> float:

@@ -198,3 +198,26 @@ def test_dask_without_distributed_says_how_to_install(monkeypatch):
 def test_timeout_is_refused_where_a_task_cannot_be_stopped():
     with pytest.raises(ValueError, match="timeout= needs the processes backend"):
         Parallel().map(abs, [1], backend="threads", timeout=1)
+
+
+def running_span(seconds):
+    started = time.time()
+    time.sleep(seconds)  # the item's work: the test measures how many run at once
+    return started, time.time()
+
+
+@pytest.mark.parametrize("backend", ["processes", "threads"])
+def test_a_calls_workers_bounds_how_many_of_its_items_run_at_once_in_a_bigger_pool(
+    sessions, backend
+):
+    """`workers=1` on a session of 2: one item at a time (the threads backend ran two). On dask
+    the scheduler places the tasks: `workers` is the size of the local cluster."""
+    spans = sessions(backend).map(running_span, [0.1] * 6, chunksize=1, workers=1)
+    moments = sorted(
+        (moment, change) for start, end in spans for moment, change in ((start, 1), (end, -1))
+    )
+    at_once = most = 0
+    for _, change in moments:
+        at_once += change
+        most = max(most, at_once)
+    assert most == 1

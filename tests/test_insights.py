@@ -12,7 +12,18 @@ import time
 
 import pytest
 
-from nbparallel import OptionError, messages, outcomes, parallel, recording, slots, tasks, timing
+from nbparallel import (
+    ChunkSpan,
+    Insights,
+    OptionError,
+    messages,
+    outcomes,
+    parallel,
+    recording,
+    slots,
+    tasks,
+    timing,
+)
 from nbparallel.execution import run_chunk
 
 from .conftest import run_script
@@ -43,6 +54,7 @@ def test_working_times_are_the_items_own_times_and_efficiency_is_as_expected(bac
     )
     record = parallel.insights()
     assert (record.name, record.backend, record.items, len(record.chunks)) == ("nap", backend, 4, 4)
+    assert isinstance(record, Insights) and all(isinstance(c, ChunkSpan) for c in record.chunks)
     for span, cost in zip(record.chunks, record.costs, strict=True):
         assert span.state == "done" and span.items == 1
         assert cost.item_seconds[0] == pytest.approx(sleeps[span.first_item], rel=0.2)
@@ -88,6 +100,34 @@ def test_too_small_chunks_hint_a_bigger_chunksize():
     ), record.hints
 
 
+def test_equal_items_name_no_single_item_as_the_cause(backend):
+    parallel.map(nap, [0.3] * 3, insights=True, workers=2, chunksize=1, backend=backend)
+    record = parallel.insights()
+    assert not any(h.startswith("one item took") for h in record.hints), record.hints
+
+
+def test_workers_replaced_during_a_call_are_the_hint_not_the_chunk_size(session):
+    session.configure(workers=2, max_tasks_per_worker=1)
+    session.map(nap, [0.01] * 6, insights=True, chunksize=1)
+    record = session.insights()
+    assert len(record.workers) > 2
+    assert any("started during the call" in h for h in record.hints), record.hints
+    assert not any("chunksize" in h for h in record.hints), record.hints
+
+
+def test_a_timed_out_item_is_the_slowest_with_the_time_it_ran():
+    parallel.map(
+        nap, [0.0, 0.0], workers=2
+    )  # workers have imported this module: 0.5 s is for items
+    with pytest.raises(TimeoutError, match="item 5"):
+        parallel.map(nap, [0.01] * 5 + [30], insights=True, timeout=0.5, chunksize=1, workers=2)
+    record = parallel.insights()
+    slowest = record.slowest[0]
+    assert slowest.position == 5 and 0.5 <= slowest.seconds < 5
+    assert max(w.working for w in record.workers) >= 0.45
+    assert any(h.startswith("one item took") and "item 5" in h for h in record.hints)
+
+
 def test_tiny_items_are_timed_in_groups_and_slow_ones_one_by_one():
     """A clock read per tiny item would cost as much as the item: they are timed in groups."""
     tiny = timing.ItemClock()
@@ -123,6 +163,9 @@ def test_chrome_trace_is_json_with_a_track_per_worker_and_a_complete_event_per_c
     record.to_chrome_trace(path, items=True)
     items = [e for e in json.loads(path.read_text())["traceEvents"] if e.get("cat") == "item"]
     assert sorted(e["name"] for e in items) == sorted(f"item {i}" for i in range(40))
+    # An int would be opened as a file descriptor (closing one of the process's own).
+    with pytest.raises(TypeError, match="file path"):
+        record.to_chrome_trace(3)  # type: ignore[arg-type]
 
 
 def test_insights_off_records_nothing_and_sends_no_timing(session, monkeypatch):
@@ -138,6 +181,10 @@ def test_insights_off_records_nothing_and_sends_no_timing(session, monkeypatch):
     assert len(seen) == 4
     assert all(isinstance(e, messages.TaskDone) and e.timing is None for e in seen)
     with pytest.raises(LookupError, match="run one with insights=True"):
+        session.insights()
+    session.configure(insights=True)
+    assert session.submit(abs, -1).result() == 1
+    with pytest.raises(LookupError, match="submit, joblib's calls and every-worker setup do not"):
         session.insights()
 
 

@@ -236,6 +236,20 @@ def test_configure_joblib_makes_it_the_default_backend_and_false_gives_it_back()
         parallel.map(abs, [1], joblib=True)
 
 
+def test_configure_joblib_works_as_a_scripts_first_line_before_joblib_is_imported(tmp_path):
+    code = (
+        "from nbparallel import parallel\n"
+        "parallel.configure(joblib=True, progress=False)\n"
+        "from joblib import Parallel, delayed\n"
+        "import os\n"
+        "pids = set(Parallel(n_jobs=2)(delayed(lambda x: os.getpid())(x) for x in range(20)))\n"
+        "print(os.getpid() not in pids and pids <= {w.pid for w in parallel.status().workers})\n"
+    )
+    done = run_script(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True"]
+
+
 def test_without_joblib_nothing_fails_to_import_and_configure_says_what_to_install(tmp_path):
     code = (
         "import sys; sys.modules['joblib'] = None\n"

@@ -122,6 +122,10 @@ def test_cell_magic_error_is_the_users_exception_with_the_cell_line(shared_kerne
             "%%parallel for x in [1] --background --unordered",
             "--background collects results in input order",
         ),
+        (
+            "%%parallel --every-worker --insights --workers 3",
+            "recording and showing nothing: drop --workers, --insights",
+        ),
     ],
 )
 def test_malformed_magic_line_raises_usage_error_saying_what_to_write(shared_kernel, line, message):

@@ -98,6 +98,21 @@ def test_a_map_shows_one_widget_that_ends_green_with_its_numbers(nb):
     assert reply.results == ["square: 0/20 items · 00:00 elapsed"]
 
 
+def test_the_saved_text_of_a_bar_is_the_calls_start_however_long_sending_took(nb):
+    """A call whose first chunk takes seconds to send (a pool still booting on a loaded machine;
+    here an item slow to pickle) keeps the same text form: what nbval compares."""
+    reply = nb.ok(
+        "import time\n"
+        "class SlowToSend:\n"
+        "    def __reduce__(self):\n"
+        "        time.sleep(1.5)\n"
+        "        return (int, (3,))\n"
+        "sent = parallel.map(lambda x: x * 2, [SlowToSend()])"
+    )
+    assert reply.results == ["<lambda>: 0/1 items · 00:00 elapsed"]
+    assert nb.value("sent") == [6]
+
+
 def test_what_the_cell_printed_shows_before_the_bar_and_what_the_workers_print_after(nb):
     # The bar is displayed without ipykernel's flush of the streams (the cell's output is
     # flushed when the call begins): the order a reader sees must not change.

@@ -171,10 +171,12 @@ def lost_task(worker: WorkerProcess, returncode: int | None) -> messages.TaskLos
         error = errors.worker_never_ready(worker.pid, READY_SECONDS) if worker.timed_out else None
         return messages.TaskLost(chunk.task_id, worker.pid, returncode, None, error=error)
     offset = worker.slot[slots.ITEM] if worker.slot[slots.TASK] == chunk.task_id else None
+    watched = worker.timed_out and worker.watched[0] == chunk.task_id  # for insights
     return messages.TaskLost(
         chunk.task_id,
         worker.pid,
         returncode,
         offset if offset != slots.NOT_STARTED else None,
         worker.timed_out,
+        item_seconds=time.monotonic() - worker.watched_since if watched else None,
     )

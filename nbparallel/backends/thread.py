@@ -9,6 +9,7 @@ more than one core for pure-Python code, or survive a crash of the process.
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import threading
@@ -46,6 +47,8 @@ class ThreadPool:
         self._running: dict[int, tuple[tasks.Call, list[int]]] = {}  # thread id -> call, slot
         self._done: dict[int, int] = {}
         self._born: dict[int, float] = {}  # thread id -> when it started (time.time())
+        # Jobs of a call already running on as many threads as it may use, by call.
+        self._held: dict[tasks.Call, collections.deque[tuple[tasks.Call, tasks.Chunk, float]]] = {}
         # What `%%parallel --every-worker` cells defined: threads share one process, so such a
         # cell runs once, and its names are offered to every later task.
         self._setup = execution.SetupNamespace()
@@ -65,6 +68,7 @@ class ThreadPool:
     def cancel(self, call: tasks.Call, stop_running: bool) -> None:
         """Queued chunks of the call are dropped; running ones stop before their next item."""
         with self._lock:
+            self._held.pop(call, None)
             for running_call, slot in self._running.values():
                 if running_call is call:
                     slot[slots.CANCELLED] = call.call_id
@@ -154,21 +158,48 @@ class ThreadPool:
                 self._born.pop(me, None)
 
     def _work_until_told(self, me: int) -> None:
-        while (job := self._jobs.get()) is not None:
+        job = self._jobs.get()
+        while job is not None:
             call, chunk, sent = job
             if call.closed:
+                with self._lock:
+                    self._held.pop(call, None)
+                job = self._jobs.get()
                 continue
             slot = slots.local_slot(chunk.task_id)
             with self._lock:
-                self._running[me] = (call, slot)
+                if 0 < call.max_workers <= sum(r is call for r, _ in self._running.values()):
+                    # The call runs on `workers` threads at once, in a pool that may have more:
+                    # the job waits for one of its running chunks to end. (0: every-worker
+                    # setup, which has no bound.)
+                    self._held.setdefault(call, collections.deque()).append(job)
+                    job = None
+                else:
+                    self._running[me] = (call, slot)
+            if job is None:
+                job = self._jobs.get()
+                continue
             try:
                 message = self._run(call, chunk, slot, sent)
             finally:
                 with self._lock:
                     del self._running[me]
                     self._done[me] = self._done.get(me, 0) + 1
+                    job = self._next_held(call)
             if not call.closed:
                 call.deliver(message)
+            if job is None:
+                job = self._jobs.get()
+
+    def _next_held(self, call: tasks.Call) -> tuple[tasks.Call, tasks.Chunk, float] | None:
+        """A job of `call` held back for want of room, now that one of its chunks ended."""
+        held = self._held.get(call)
+        if not held:
+            return None
+        job = held.popleft()
+        if not held:
+            del self._held[call]
+        return job
 
     def _run(self, call: tasks.Call, chunk: tasks.Chunk, slot: list[int], sent: float) -> object:
         clock = _start_timing(call, chunk, sent)
