@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import queue
     from concurrent.futures import Future
 
-    from . import calls
+    from . import calls, recording
     from .background import MapHandle
     from .insights import Insights
 
@@ -74,7 +74,7 @@ class Parallel:
         self._backends: dict[str, backends.Backend] = {}  # started on first use, one per kind
         self._lock = threading.Lock()
         self._partial: dict[int, Any] = {}
-        self._insights: Insights | None = None
+        self._insights: recording.Recorder | None = None  # of the last call with insights on
         self._setup_count = 0
         self._generation = 0  # shutdowns so far: a start in the background asked before one is void
         self._prestarted: backends.Backend | None = None  # started early, not yet used by a call
@@ -211,7 +211,7 @@ class Parallel:
         """
         if self._insights is None:
             raise errors.no_insights()
-        return self._insights
+        return self._insights.record()
 
     def shutdown(self) -> None:
         """Stop all workers of every backend now (every-worker setup is forgotten).
@@ -316,8 +316,8 @@ class Parallel:
         def keep_partial(unyielded: dict[int, Any]) -> None:
             self._partial = {**dict(enumerate(collected or ())), **unyielded}
 
-        def keep_insights(record: Insights) -> None:
-            self._insights = record
+        def keep_insights(recorder: recording.Recorder) -> None:
+            self._insights = recorder
 
         return calls.stream(
             lambda: self._get_backend(options),

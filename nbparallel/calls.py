@@ -21,7 +21,6 @@ from typing import Any
 
 from . import captures, chunking, errors, execution, serialize, tasks
 from .backends import Backend
-from .insights import Insights
 from .options import Options
 from .outcomes import Tracker
 from .progressbar import Progress
@@ -60,14 +59,14 @@ def stream(
     ordered: bool = True,
     keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
     background: queue.SimpleQueue[Any] | None = None,
-    keep_insights: Callable[[Insights], None] = lambda record: None,
+    keep_insights: Callable[[Recorder], None] = lambda recorder: None,
 ) -> Iterator[list[Any]]:
     """Results of `func` over `items`, a list per chunk (see `collect` and `one_by_one`).
     Checks everything before returning; runs lazily after.
 
     If the call fails or is interrupted, results that finished but were not yet yielded are
     handed to `keep_partial`, by input position, so that nothing computed is lost. With
-    insights on, the call's record goes to `keep_insights` when it ends, however it ends.
+    insights on, the call's recorder goes to `keep_insights` when it ends, however it ends.
 
     `background`: the results will be read on another thread. The progress bar is shown now,
     in the caller's cell, and workers' events arrive on this queue, where `STOP` stops the call.
@@ -265,7 +264,7 @@ def _run(
     keep_partial: Callable[[dict[int, Any]], None] = lambda unyielded: None,
     pieces: Iterator[tuple[int, Any]] | None = None,
     sizer: chunking.ChunkSizer | None = None,
-    keep_insights: Callable[[Insights], None] = lambda record: None,
+    keep_insights: Callable[[Recorder], None] = lambda recorder: None,
 ) -> Iterator[list[Any]]:
     """Send `pieces` as chunks, a window at a time, and yield each chunk's results as the tracker
     reads them from `events` (in input order if `ordered`), until no chunk is left."""
@@ -325,10 +324,10 @@ def _run(
                 for offset, result in enumerate(results)
             }
             keep_partial({**unyielded, **tracker.failing_chunk})
-        record = tracker.finish()
-        if record is not None:
-            keep_insights(record)
-        progress.close(ending, record)
+        recorder = tracker.finish()
+        if recorder is not None:
+            keep_insights(recorder)
+        progress.close(ending, recorder.record if recorder is not None else None)
 
 
 def _progress(backend: Backend, tracker: Tracker, total: int | None, options: Options) -> Progress:

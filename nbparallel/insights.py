@@ -47,7 +47,7 @@ class ChunkSpan:
 class ChunkCost:
     """Where one chunk's time went; `Insights.costs[i]` is of `chunks[i]`.
 
-    Items of 20 us and more are timed one by one; faster ones in groups of about 1 ms, each item
+    Items of 20 us and more are timed one by one; faster ones in groups of about 10 ms, each item
     given its group's average (timing one alone would cost as much as running it).
     """
 

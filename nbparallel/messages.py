@@ -10,6 +10,7 @@ object is unpickled on its dispatcher thread). How they cross the socket is `tra
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,6 +104,14 @@ class Timing:
     # (its inputs fetched from another worker), "deserialize", "disk-read", "disk-write".
     worker_name: str = ""
     cluster_steps: tuple[tuple[str, float, float], ...] = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # It goes with every chunk's answer: as a tuple it pickles in half the time that the
+        # state of a dataclass with slots takes.
+        return (Timing, _timing_values(self))
+
+
+_timing_values = operator.attrgetter(*Timing.__slots__)
 
 
 @dataclasses.dataclass(slots=True)

@@ -17,7 +17,6 @@ from . import errors, messages, serialize, tasks
 
 if TYPE_CHECKING:
     from .backends import Backend
-    from .insights import Insights
     from .recording import Recorder
 
 _SKIPPED = object()  # stands for an item left out with errors="skip"
@@ -287,10 +286,10 @@ class Tracker:
             self.call.closed = True
             self._backend.cancel(self.call, stop_running)
 
-    def finish(self) -> Insights | None:
+    def finish(self) -> Recorder | None:
         """Every chunk has its outcome (or the call stopped): events that still come are
-        dropped. The call's insights, if it records them."""
+        dropped. The call's recorder, finished, if it records insights."""
         self.call.closed = True
-        if self.recorder is None:
-            return None
-        return self.recorder.result(self._backend.status())
+        if self.recorder is not None:
+            self.recorder.finish(self._backend.status(memory=False))
+        return self.recorder

@@ -159,9 +159,10 @@ class Progress:
             time.monotonic() - self._started,
         )
 
-    def close(self, state: str, insights: Any = None) -> None:
+    def close(self, state: str, insights: Callable[[], Any] | None = None) -> None:
         """End the bar. `state`: "done" (green, or red if items failed), "failed" or "stopped";
-        `insights`: the call's record (insights.Insights), shown with the bar."""
+        `insights`: makes the call's record (insights.Insights), shown with the bar (a bar not
+        shown does not make it)."""
         self.show()  # a call that failed before it showed its bar still ends one
         if self._view is None:
             return
@@ -222,10 +223,12 @@ class _TextView:
         if snapshot.failed:
             self._bar.set_postfix_str(f"{snapshot.failed} errors", refresh=False)
 
-    def end(self, snapshot: Snapshot, state: str, insights: Any = None) -> None:
+    def end(
+        self, snapshot: Snapshot, state: str, insights: Callable[[], Any] | None = None
+    ) -> None:
         self.show(snapshot)
         if state != "done":
             self._bar.set_description(f"{snapshot.name} ({state})", refresh=False)
         self._bar.close()
         if insights is not None:
-            print(repr(insights), file=sys.stderr)
+            print(repr(insights()), file=sys.stderr)

@@ -2,7 +2,9 @@
 chunk's events, its live spans for the timeline, and the finished `Insights` with its hints.
 
 Made only when insights are on (the Tracker holds None otherwise), so a call without them reads
-no clock for them anywhere.
+no clock for them anywhere. On, the call's end is on the critical path of its results: per chunk
+it only stores what arrived (a short repr is made for the final 5 slowest items alone, when the
+call ends), and the record with its per-worker rows and hints is built when first read.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +34,15 @@ class Recorder:
         self._running: dict[int, ChunkSpan] = {}  # task id -> span of a chunk running
         self._chunks: list[ChunkSpan] = []
         self._costs: list[ChunkCost] = []
-        self._slowest: list[SlowItem] = []  # slowest first, at most SLOWEST_KEPT
+        # Chunks whose answer came with its Timing, not yet in _chunks and _costs: a frozen
+        # record costs microseconds to make, so they are made when read (see `_settle`).
+        # (position, items, timing, state, send seconds, receive seconds, received)
+        self._arrived: list[tuple[int, int, messages.Timing, str, float, float, float]] = []
+        # Slowest first, at most SLOWEST_KEPT: (seconds, position, worker, the item)
+        self._slowest: list[tuple[float, int, int, Any]] = []
+        self._ended: tuple[float, tuple[Any, ...], tuple[SlowItem, ...]] | None = None
+        self._record: Insights | None = None
+        self._building = threading.Lock()  # a background call's bar and the user may both read
 
     def sent(self, chunk: tasks.Chunk, seconds: float) -> None:
         self._sent[chunk.task_id] = seconds
@@ -52,60 +63,103 @@ class Recorder:
         timing: messages.Timing | None = getattr(event, "timing", None)
         state = "done" if isinstance(event, messages.TaskDone) and not failed else "failed"
         if timing is not None:
-            span = ChunkSpan(
-                timing.worker, chunk.position, len(chunk.items), timing.sent, timing.started,
-                timing.finished, timing.received or time.time(), state, timing.worker_name,
-            )  # fmt: skip
-            cost = ChunkCost(
-                send, timing.load_seconds, timing.working, timing.dump_seconds, receive_seconds,
-                timing.group_items, timing.group_seconds, timing.cluster_steps,
-            )  # fmt: skip
-            self._keep_slowest(chunk, span.worker, timing.slowest)
-        else:  # lost with its worker: what ran of it is unknown, but for a timed-out item
-            worker = getattr(event, "pid", 0) or (running.worker if running else 0)
-            sent = running.sent if running else time.time()
-            started = running.started if running else None
-            ran = getattr(event, "item_seconds", None)
-            if ran is not None and event.offset is not None:  # type: ignore[attr-defined]
-                self._keep_slowest(chunk, worker, [(event.offset, ran)])  # type: ignore[attr-defined]
-                started = min(started or time.time(), time.time() - ran)
-                sent = min(sent, started)
-            span = ChunkSpan(
+            received = timing.received or time.time()
+            arrived = (
+                chunk.position,
+                len(chunk.items),
+                timing,
+                state,
+                send,
+                receive_seconds,
+                received,
+            )
+            self._arrived.append(arrived)
+            self._keep_slowest(chunk, timing.worker, timing.slowest)
+            return
+        # Lost with its worker: what ran of it is unknown, but for a timed-out item.
+        self._settle()  # the chunks stay in the order their answers arrived
+        worker = getattr(event, "pid", 0) or (running.worker if running else 0)
+        sent = running.sent if running else time.time()
+        started = running.started if running else None
+        ran = getattr(event, "item_seconds", None)
+        if ran is not None and event.offset is not None:  # type: ignore[attr-defined]
+            self._keep_slowest(chunk, worker, [(event.offset, ran)])  # type: ignore[attr-defined]
+            started = min(started or time.time(), time.time() - ran)
+            sent = min(sent, started)
+        self._chunks.append(
+            ChunkSpan(
                 worker, chunk.position, len(chunk.items), sent, started, None, time.time(), state
             )
-            cost = ChunkCost(send, 0.0, 0.0, 0.0, receive_seconds)
-        self._chunks.append(span)
-        self._costs.append(cost)
+        )
+        self._costs.append(ChunkCost(send, 0.0, 0.0, 0.0, receive_seconds))
+
+    def _settle(self) -> None:
+        """Make the spans and costs of the chunks that arrived since last asked."""
+        for position, items, timing, state, send, receive_seconds, received in self._arrived:
+            self._chunks.append(
+                ChunkSpan(
+                    timing.worker, position, items, timing.sent, timing.started, timing.finished,
+                    received, state, timing.worker_name,
+                )
+            )  # fmt: skip
+            self._costs.append(
+                ChunkCost(
+                    send, timing.load_seconds, timing.working, timing.dump_seconds,
+                    receive_seconds, timing.group_items, timing.group_seconds,
+                    timing.cluster_steps,
+                )
+            )  # fmt: skip
+        self._arrived.clear()
 
     def _keep_slowest(
         self, chunk: tasks.Chunk, worker: int, slowest: Sequence[tuple[int, float]]
     ) -> None:
         """Merge a chunk's slowest items (offset, seconds; slowest first) into the call's."""
-        floor = self._slowest[-1].seconds if len(self._slowest) >= SLOWEST_KEPT else -1.0
-        new = [(offset, took) for offset, took in slowest if took > floor]
-        if not new:  # the common case: nothing new among the call's slowest
+        kept = self._slowest
+        floor = kept[-1][0] if len(kept) >= SLOWEST_KEPT else -1.0
+        if not slowest or slowest[0][1] <= floor:  # the common case: none is among the call's
             return
-        for offset, took in new:
-            position = chunk.position + chunk.original_offset(offset)
-            args = errors.short_repr(chunk.items[offset])
-            self._slowest.append(SlowItem(position, took, worker, args))
-        self._slowest.sort(key=lambda item: -item.seconds)
-        del self._slowest[SLOWEST_KEPT:]
+        new = [
+            (took, chunk.position + chunk.original_offset(offset), worker, chunk.items[offset])
+            for offset, took in slowest
+            if took > floor
+        ]
+        kept.extend(new)
+        kept.sort(key=lambda item: -item[0])
+        del kept[SLOWEST_KEPT:]
 
     def spans(self) -> list[ChunkSpan]:
         """Every chunk so far, those still running included (for the live timeline)."""
+        self._settle()
         return [*self._chunks, *self._running.values()]
 
-    def result(self, workers: Sequence[Any] = ()) -> Insights:
-        """The call's record, now that it ended; `workers`: the pool's (WorkerStatus), for the
-        ones that ran nothing and for start-up times."""
-        end = time.time()
+    def finish(self, workers: Sequence[Any] = ()) -> None:
+        """The call ended; `workers`: the pool's (WorkerStatus), for the ones that ran nothing
+        and for start-up times. Keeps what the record needs and no item but the final slowest
+        ones' short reprs (an item may change once the call has returned it)."""
+        slowest = tuple(
+            SlowItem(position, took, worker, errors.short_repr(item))
+            for took, position, worker, item in self._slowest
+        )
+        self._slowest = []
+        self._ended = (time.time(), tuple(workers), slowest)
+
+    def record(self) -> Insights:
+        """The call's record (once `finish`ed), built on first read: the same object after."""
+        with self._building:
+            if self._record is None:
+                self._record = self._build()
+            return self._record
+
+    def _build(self) -> Insights:
+        assert self._ended is not None, "the call has not ended"
+        end, workers, slowest = self._ended
         spans = self.spans()
         costs = [*self._costs, *(ChunkCost(0.0, 0.0, 0.0, 0.0, 0.0) for _ in self._running)]
         rows = _worker_rows(self.start, end, spans, costs, workers, self.worker_count)
         record = Insights(
             self.name, self.backend, self.start, end, self.worker_count, tuple(rows),
-            tuple(spans), tuple(costs), tuple(self._slowest), (),
+            tuple(spans), tuple(costs), slowest, (),
         )  # fmt: skip
         return dataclasses.replace(record, hints=tuple(hints(record)))
 

@@ -175,14 +175,16 @@ class WidgetView:
             view, timeline = self._timeline
             view.update(timeline.spans(), timeline.start, time.time())
 
-    def end(self, snapshot: Snapshot, state: str, insights: Any = None) -> None:
+    def end(
+        self, snapshot: Snapshot, state: str, insights: Callable[[], Any] | None = None
+    ) -> None:
+        """`insights`: makes the call's record (insights.Insights), for the final timeline."""
         with self.bar.hold_sync():  # the final value and colour in one message
             self.show(snapshot, state)
             self.bar.bar_style = BAR_STYLES[state]
         if self._timeline is not None and insights is not None:
-            self._timeline[0].finish(
-                insights.chunks, insights.start, insights.end, insights.summary
-            )
+            record = insights()
+            self._timeline[0].finish(record.chunks, record.start, record.end, record.summary)
 
     def _worker_chips(self, workers: Sequence[Any]) -> str:
         current = {w.pid: w for w in workers}

@@ -12,7 +12,18 @@ import time
 
 import pytest
 
-from nbparallel import ChunkSpan, Insights, OptionError, messages, outcomes, parallel, slots, timing
+from nbparallel import (
+    ChunkSpan,
+    Insights,
+    OptionError,
+    messages,
+    outcomes,
+    parallel,
+    recording,
+    slots,
+    tasks,
+    timing,
+)
 from nbparallel.execution import run_chunk
 
 from .conftest import run_script
@@ -225,6 +236,52 @@ def test_failed_chunks_and_a_dead_worker_are_marked_failed():
     )
     states = sorted((s.first_item, s.state) for s in parallel.insights().chunks)
     assert states == [(0, "done"), (1, "failed")]
+
+
+def test_the_record_is_built_when_first_read_once_and_not_by_the_call(monkeypatch):
+    """Building it (rows, hints) is off the call's path to its results: a call whose record
+    nobody reads builds none, and reading it twice gives the same record."""
+    built = []
+    monkeypatch.setattr(recording, "hints", lambda record: built.append(record) or [])
+    parallel.map(nap, [0.01] * 4, insights=True, chunksize=1)
+    assert built == []
+    first = parallel.insights()
+    assert parallel.insights() is first and built == [first]
+    assert first.items == 4 and len(first.chunks) == 4
+
+
+def test_a_record_is_the_same_whether_the_live_timeline_read_it_during_the_call_or_not():
+    """Chunk spans are made when read: read after each answer (a live timeline) or only at the
+    end, the record is the same; its slowest items keep the repr they had when the call ended."""
+
+    def timing(worker, took):
+        return messages.Timing(worker, 1.0, 2.0, 3.0, 0.1, 0.1, took, [1], [took], [(0, took)], 4.0)
+
+    records = []
+    for read_live in (False, True):
+        recorder = recording.Recorder("f", "processes", 2)
+        items = [[n] for n in range(6)]
+        for n, item in enumerate(items):
+            chunk = tasks.Chunk(n, n, 1, [item])
+            recorder.ended(
+                chunk, messages.TaskDone(n, [], 0.1, timing=timing(n % 2, n / 10)), 0.0, False
+            )
+            if read_live:
+                assert len(recorder.spans()) == n + 1
+        lost = tasks.Chunk(9, 6, 1, [[6]])
+        recorder.ended(lost, messages.TaskLost(9, 1, -9, 0))
+        recorder.finish()
+        items[5].append("changed after the call")
+        records.append(recorder.record())
+    read_at_end, live = records
+    assert live.chunks[:6] == read_at_end.chunks[:6] and live.costs == read_at_end.costs
+    assert [(s.first_item, s.state) for s in live.chunks] == [(n, "done") for n in range(6)] + [
+        (6, "failed")
+    ]
+    assert read_at_end.chunks[6].state == "failed"
+    assert [(i.position, i.args) for i in live.slowest[:2]] == [(5, "[5]"), (4, "[4]")]
+    assert live.slowest == read_at_end.slowest
+    assert live.hints == read_at_end.hints
 
 
 def test_to_dataframe_needs_pandas_and_says_how_to_install_it(monkeypatch):

@@ -74,7 +74,9 @@ class Backend(Protocol):
     def set_limits(self, max_tasks_per_worker: int | None, max_worker_memory: int | None) -> None:
         """Recycle a worker after this many tasks, or when it grows past this many bytes."""
 
-    def status(self) -> list[WorkerStatus]: ...
+    def status(self, memory: bool = True) -> list[WorkerStatus]:
+        """The workers now; without `memory`, memory_rss is 0 (reading it costs a system call
+        or more per worker: the record of a call with insights on needs no memory)."""
 
     def shutdown(self) -> None: ...
 

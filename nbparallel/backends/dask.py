@@ -273,7 +273,8 @@ class DaskBackend:
     def set_limits(self, max_tasks_per_worker: int | None, max_worker_memory: int | None) -> None:
         """Dask manages its workers' memory itself (see its memory_limit)."""
 
-    def status(self) -> list[WorkerStatus]:
+    def status(self, memory: bool = True) -> list[WorkerStatus]:
+        # The scheduler sends each worker's memory with the rest: `memory` saves nothing here.
         if self._client is None:
             return []
         workers = self._client.scheduler_info(n_workers=-1).get("workers", {})

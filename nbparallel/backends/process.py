@@ -180,7 +180,7 @@ class ProcessPool:
             self._wake()
         self._record()
 
-    def status(self) -> list[WorkerStatus]:
+    def status(self, memory: bool = True) -> list[WorkerStatus]:
         with self.lock:
             workers = list(self.workers.values())
         return [
@@ -188,7 +188,7 @@ class ProcessPool:
                 w.pid,
                 "stopping" if w.retiring else "busy" if w.inflight else "idle",
                 w.tasks_done,
-                worker_process.memory_rss(w.pid),
+                worker_process.memory_rss(w.pid) if memory else 0,
                 w.create_time,
                 w.ready_at,
             )

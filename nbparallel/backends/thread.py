@@ -100,15 +100,15 @@ class ThreadPool:
     def set_limits(self, max_tasks_per_worker: int | None, max_worker_memory: int | None) -> None:
         """Recycling applies to worker processes; threads have no memory of their own."""
 
-    def status(self) -> list[WorkerStatus]:
-        memory = psutil.Process().memory_info().rss
+    def status(self, memory: bool = True) -> list[WorkerStatus]:
+        rss = psutil.Process().memory_info().rss if memory else 0
         with self._lock:
             return [
                 WorkerStatus(
                     thread.native_id or 0,
                     "busy" if thread.ident in self._running else "idle",
                     self._done.get(thread.ident or 0, 0),
-                    memory,
+                    rss,
                     self._born.get(thread.ident or 0, 0.0),
                     self._born.get(thread.ident or 0, 0.0),
                 )
