@@ -222,7 +222,9 @@ def test_big_arrays_go_through_shared_memory_copy_on_write_and_nothing_stays_beh
     assert mapped == set() and len(opened) <= 1  # the newest big function's
     for worker in session.status().workers:
         held = set.union(*shared_files(worker.pid))
-        assert held <= opened  # that same file, or nothing
+        # That same file, or nothing; or, for a worker that got no task in the last call (both
+        # of its items may go to the other one), the previous call's: it lets it go at its next.
+        assert held <= opened or len(held) <= 1
 
 
 @pytest.mark.skipif(
