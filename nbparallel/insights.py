@@ -19,7 +19,7 @@ from typing import Any
 
 from . import errors
 
-STATES = ("running", "done", "failed")
+STATES = ("running", "done", "failed", "stopped")  # stopped: still out when the call ended
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,6 +132,9 @@ class Insights:
     costs: tuple[ChunkCost, ...]
     slowest: tuple[SlowItem, ...]  # the 5 slowest items, slowest first
     hints: tuple[str, ...]  # what to change, most telling first; empty when nothing is plain
+    # Chunks were still out when the call ended (an error, a Stop): the last known with no
+    # worker yet are not in `chunks`.
+    ended_early: bool = False
 
     @property
     def wall(self) -> float:
@@ -162,6 +165,8 @@ class Insights:
     def summary(self) -> str:
         """One line: the efficiency, and the most telling hint."""
         line = f"efficiency {self.efficiency:.0%} ({self.worker_count} workers, {self.wall:.2f} s)"
+        if self.ended_early:
+            line += ", stopped before its end"
         return f"{line} · {self.hints[0]}" if self.hints else line
 
     def __repr__(self) -> str:

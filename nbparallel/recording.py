@@ -154,12 +154,14 @@ class Recorder:
     def _build(self) -> Insights:
         assert self._ended is not None, "the call has not ended"
         end, workers, slowest = self._ended
-        spans = self.spans()
-        costs = [*self._costs, *(ChunkCost(0.0, 0.0, 0.0, 0.0, 0.0) for _ in self._running)]
+        self._settle()
+        stopped = [dataclasses.replace(span, state="stopped") for span in self._running.values()]
+        spans = [*self._chunks, *stopped]
+        costs = [*self._costs, *(ChunkCost(0.0, 0.0, 0.0, 0.0, 0.0) for _ in stopped)]
         rows = _worker_rows(self.start, end, spans, costs, workers, self.worker_count)
         record = Insights(
             self.name, self.backend, self.start, end, self.worker_count, tuple(rows),
-            tuple(spans), tuple(costs), slowest, (),
+            tuple(spans), tuple(costs), slowest, (), bool(stopped or self._sent),
         )  # fmt: skip
         return dataclasses.replace(record, hints=tuple(hints(record)))
 
@@ -228,6 +230,8 @@ def hints(record: Insights) -> list[str]:
             f"one item took {item.seconds / wall:.0%} of the time: item {item.position} "
             f"({item.args})"
         )
+    if record.ended_early:  # the rest assumes a call that ran to its end
+        return found
     started_later = len(workers) - record.worker_count  # on dask: a cluster may be bigger
     if started_later > 0 and record.backend == "processes":
         # Workers that exited were replaced (max_tasks_per_worker, a crash, a timeout): their

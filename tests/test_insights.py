@@ -128,6 +128,22 @@ def test_a_timed_out_item_is_the_slowest_with_the_time_it_ran():
     assert any(h.startswith("one item took") and "item 5" in h for h in record.hints)
 
 
+def fails_on_two(x):
+    time.sleep(0.05)
+    if x == 2:
+        raise ValueError("two")
+    return x
+
+
+def test_a_call_that_failed_with_chunks_out_says_so_and_blames_no_chunk_size(backend):
+    with pytest.raises(ValueError, match="two"):
+        parallel.map(fails_on_two, range(20), insights=True, workers=2, backend=backend)
+    record = parallel.insights()
+    assert record.ended_early and "stopped before its end" in record.summary
+    assert not any("chunk" in h for h in record.hints), record.hints
+    assert {span.state for span in record.chunks} <= {"failed", "stopped"}
+
+
 def test_tiny_items_are_timed_in_groups_and_slow_ones_one_by_one():
     """A clock read per tiny item would cost as much as the item: they are timed in groups."""
     tiny = timing.ItemClock()
