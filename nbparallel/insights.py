@@ -116,6 +116,7 @@ class SlowItem:
     seconds: float
     worker: int
     args: str  # a short repr of the item (the arguments, for starmap)
+    worker_name: str = ""  # dask: the worker's address, as its row in the table shows it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +192,8 @@ class Insights:
         if self.slowest:
             lines.append("  slowest items:")
             lines.extend(
-                f"    item {item.position:<8} {item.seconds:>9.4f} s  worker {item.worker}  {item.args}"
+                f"    item {item.position:<8} {item.seconds:>9.4f} s  "
+                f"worker {item.worker_name or item.worker}  {item.args}"
                 for item in self.slowest
             )
         lines.extend(f"  hint: {hint}" for hint in self.hints)

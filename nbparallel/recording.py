@@ -38,8 +38,8 @@ class Recorder:
         # record costs microseconds to make, so they are made when read (see `_settle`).
         # (position, items, timing, state, send seconds, receive seconds, received)
         self._arrived: list[tuple[int, int, messages.Timing, str, float, float, float]] = []
-        # Slowest first, at most SLOWEST_KEPT: (seconds, position, worker, the item)
-        self._slowest: list[tuple[float, int, int, Any]] = []
+        # Slowest first, at most SLOWEST_KEPT: (seconds, position, worker, the item, its name)
+        self._slowest: list[tuple[float, int, int, Any, str]] = []
         self._ended: tuple[float, tuple[Any, ...], tuple[SlowItem, ...]] | None = None
         self._record: Insights | None = None
         self._building = threading.Lock()  # a background call's bar and the user may both read
@@ -74,7 +74,7 @@ class Recorder:
                 received,
             )
             self._arrived.append(arrived)
-            self._keep_slowest(chunk, timing.worker, timing.slowest)
+            self._keep_slowest(chunk, timing.worker, timing.slowest, timing.worker_name)
             return
         # Lost with its worker: what ran of it is unknown, but for a timed-out item.
         self._settle()  # the chunks stay in the order their answers arrived
@@ -112,7 +112,11 @@ class Recorder:
         self._arrived.clear()
 
     def _keep_slowest(
-        self, chunk: tasks.Chunk, worker: int, slowest: Sequence[tuple[int, float]]
+        self,
+        chunk: tasks.Chunk,
+        worker: int,
+        slowest: Sequence[tuple[int, float]],
+        worker_name: str = "",
     ) -> None:
         """Merge a chunk's slowest items (offset, seconds; slowest first) into the call's."""
         kept = self._slowest
@@ -120,7 +124,13 @@ class Recorder:
         if not slowest or slowest[0][1] <= floor:  # the common case: none is among the call's
             return
         new = [
-            (took, chunk.position + chunk.original_offset(offset), worker, chunk.items[offset])
+            (
+                took,
+                chunk.position + chunk.original_offset(offset),
+                worker,
+                chunk.items[offset],
+                worker_name,
+            )
             for offset, took in slowest
             if took > floor
         ]
@@ -138,8 +148,8 @@ class Recorder:
         and for start-up times. Keeps what the record needs and no item but the final slowest
         ones' short reprs (an item may change once the call has returned it)."""
         slowest = tuple(
-            SlowItem(position, took, worker, errors.short_repr(item))
-            for took, position, worker, item in self._slowest
+            SlowItem(position, took, worker, errors.short_repr(item), name)
+            for took, position, worker, item, name in self._slowest
         )
         self._slowest = []
         self._ended = (time.time(), tuple(workers), slowest)

@@ -222,6 +222,7 @@ def test_dask_insights_come_from_the_schedulers_task_stream_and_name_the_dask_wo
     assert set(rows) == {first, second}, record
     assert (rows[first].tasks, rows[second].tasks) == (4, 0), record
     assert {span.worker_name for span in record.chunks} == {first}
+    assert {item.worker_name for item in record.slowest} == {first}  # as the rows name it
     assert f"{first} " in repr(record) and f"{second} " in repr(record)
     # The scheduler's record of each task, as dask's own get_task_stream reads it.
     steps = sorted(
