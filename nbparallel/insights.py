@@ -117,6 +117,14 @@ class SlowItem:
     worker: int
     args: str  # a short repr of the item (the arguments, for starmap)
     worker_name: str = ""  # dask: the worker's address, as its row in the table shows it
+    # More than 1: a group of fast items timed together (seconds is theirs together) that took
+    # far longer than planned, so one of them was slow; `position` and `args` are its first's.
+    items: int = 1
+
+    @property
+    def label(self) -> str:
+        last = self.position + self.items - 1
+        return f"item {self.position}" if self.items == 1 else f"items {self.position}-{last}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +200,7 @@ class Insights:
         if self.slowest:
             lines.append("  slowest items:")
             lines.extend(
-                f"    item {item.position:<8} {item.seconds:>9.4f} s  "
+                f"    {item.label:<13} {item.seconds:>9.4f} s  "
                 f"worker {item.worker_name or item.worker}  {item.args}"
                 for item in self.slowest
             )

@@ -97,7 +97,8 @@ class Timing:
     # and the seconds each took.
     group_items: Sequence[int]
     group_seconds: Sequence[float]
-    slowest: list[tuple[int, float]]  # up to 5 (offset in the chunk, seconds), slowest first
+    # up to 5 (offset in the chunk, seconds, items: more than 1 for a group), slowest first
+    slowest: list[tuple[int, float, int]]
     received: float = 0.0  # the pool read the answer (set by the pool)
     # On dask, from the scheduler's task stream (set by the backend): the dask worker's address,
     # and what dask itself timed of the task, as (action, start, stop): "compute", "transfer"

@@ -38,8 +38,9 @@ class Recorder:
         # record costs microseconds to make, so they are made when read (see `_settle`).
         # (position, items, timing, state, send seconds, receive seconds, received)
         self._arrived: list[tuple[int, int, messages.Timing, str, float, float, float]] = []
-        # Slowest first, at most SLOWEST_KEPT: (seconds, position, worker, the item, its name)
-        self._slowest: list[tuple[float, int, int, Any, str]] = []
+        # Slowest first, at most SLOWEST_KEPT: (seconds, position, worker, the item, the
+        # worker's name, items: more than 1 for a group timed together)
+        self._slowest: list[tuple[float, int, int, Any, str, int]] = []
         self._ended: tuple[float, tuple[Any, ...], tuple[SlowItem, ...]] | None = None
         self._record: Insights | None = None
         self._building = threading.Lock()  # a background call's bar and the user may both read
@@ -83,7 +84,7 @@ class Recorder:
         started = running.started if running else None
         ran = getattr(event, "item_seconds", None)
         if ran is not None and event.offset is not None:  # type: ignore[attr-defined]
-            self._keep_slowest(chunk, worker, [(event.offset, ran)])  # type: ignore[attr-defined]
+            self._keep_slowest(chunk, worker, [(event.offset, ran, 1)])  # type: ignore[attr-defined]
             started = min(started or time.time(), time.time() - ran)
             sent = min(sent, started)
         self._chunks.append(
@@ -115,10 +116,10 @@ class Recorder:
         self,
         chunk: tasks.Chunk,
         worker: int,
-        slowest: Sequence[tuple[int, float]],
+        slowest: Sequence[tuple[int, float, int]],
         worker_name: str = "",
     ) -> None:
-        """Merge a chunk's slowest items (offset, seconds; slowest first) into the call's."""
+        """Merge a chunk's slowest items (offset, seconds, count; slowest first) into the call's."""
         kept = self._slowest
         floor = kept[-1][0] if len(kept) >= SLOWEST_KEPT else -1.0
         if not slowest or slowest[0][1] <= floor:  # the common case: none is among the call's
@@ -130,8 +131,9 @@ class Recorder:
                 worker,
                 chunk.items[offset],
                 worker_name,
+                count,
             )
-            for offset, took in slowest
+            for offset, took, count in slowest
             if took > floor
         ]
         kept.extend(new)
@@ -148,8 +150,8 @@ class Recorder:
         and for start-up times. Keeps what the record needs and no item but the final slowest
         ones' short reprs (an item may change once the call has returned it)."""
         slowest = tuple(
-            SlowItem(position, took, worker, errors.short_repr(item), name)
-            for took, position, worker, item, name in self._slowest
+            SlowItem(position, took, worker, errors.short_repr(item), name, count)
+            for took, position, worker, item, name, count in self._slowest
         )
         self._slowest = []
         self._ended = (time.time(), tuple(workers), slowest)
@@ -236,10 +238,16 @@ def hints(record: Insights) -> list[str]:
     )
     if slowest and stands_out and slowest[0].seconds >= 0.3 * wall and record.worker_count > 1:
         item = slowest[0]
-        found.append(
-            f"one item took {item.seconds / wall:.0%} of the time: item {item.position} "
-            f"({item.args})"
-        )
+        if item.items == 1:
+            found.append(
+                f"one item took {item.seconds / wall:.0%} of the time: item {item.position} "
+                f"({item.args})"
+            )
+        else:
+            found.append(
+                f"{item.label}, timed together, took {item.seconds / wall:.0%} of the time: "
+                "one of them is slow (items under 20 us are timed in groups)"
+            )
     if record.ended_early:  # the rest assumes a call that ran to its end
         return found
     started_later = len(workers) - record.worker_count  # on dask: a cluster may be bigger

@@ -144,6 +144,26 @@ def test_a_call_that_failed_with_chunks_out_says_so_and_blames_no_chunk_size(bac
     assert {span.state for span in record.chunks} <= {"failed", "stopped"}
 
 
+def slow_at_5100(x):
+    if x == 5100:
+        time.sleep(0.3)
+    return x
+
+
+def test_a_slow_item_among_tiny_ones_shows_as_its_group_timed_together(backend):
+    """Tiny items are timed in groups: the group that held the slow one is named, with the time
+    it took (as 1,000 items of its average, it was lost among the others)."""
+    parallel.map(slow_at_5100, range(10_000), insights=True, workers=2, backend=backend)
+    group = parallel.insights().slowest[0]
+    assert group.items > 1 and group.position <= 5100 < group.position + group.items
+    assert (
+        group.seconds >= 0.3
+        and group.label == f"items {group.position}-{group.position + group.items - 1}"
+    )
+    assert "timed together" in parallel.insights().hints[0]
+    assert group.label in repr(parallel.insights())
+
+
 def test_tiny_items_are_timed_in_groups_and_slow_ones_one_by_one():
     """A clock read per tiny item would cost as much as the item: they are timed in groups."""
     tiny = timing.ItemClock()
@@ -271,7 +291,9 @@ def test_a_record_is_the_same_whether_the_live_timeline_read_it_during_the_call_
     end, the record is the same; its slowest items keep the repr they had when the call ended."""
 
     def timing(worker, took):
-        return messages.Timing(worker, 1.0, 2.0, 3.0, 0.1, 0.1, took, [1], [took], [(0, took)], 4.0)
+        return messages.Timing(
+            worker, 1.0, 2.0, 3.0, 0.1, 0.1, took, [1], [took], [(0, took, 1)], 4.0
+        )
 
     records = []
     for read_live in (False, True):
