@@ -5,6 +5,7 @@ the notebook cells and submodules its code needs in a worker.
 
 from __future__ import annotations
 
+import builtins
 import dis
 import functools
 import io
@@ -50,6 +51,26 @@ def global_names(code: types.CodeType) -> frozenset[str]:
             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME")
         }
     )
+
+
+def send_only_read_globals(detect: Any) -> None:
+    """Make dill (its `detect` module) take along, for a function sent by value with
+    recurse=True, the globals its code reads, and no more.
+
+    dill's own `globalvars` also descends into every function those globals name, a library's
+    included, though a library function goes by reference (its globals are never sent), and
+    guards no cycle: scikit-learn's `validate_params` wrappers, which reach each other, took it
+    minutes, or ended in a RecursionError, for `lambda d: make_classification(d)`. A notebook
+    function among the globals goes by value in turn, with the globals it reads itself."""
+    original = detect.globalvars
+
+    def read_globals(func: Any, recurse: bool = True, builtin: bool = False) -> dict[str, Any]:
+        if not (recurse and isinstance(func, types.FunctionType)):
+            return dict(original(func, recurse, builtin))
+        scope = {**vars(builtins), **func.__globals__} if builtin else func.__globals__
+        return {name: scope[name] for name in global_names(func.__code__) if name in scope}
+
+    detect.globalvars = read_globals
 
 
 def _direct_captures(obj: object) -> Iterator[tuple[str, object]]:

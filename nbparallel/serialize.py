@@ -66,7 +66,9 @@ def resolve_by_name(qualname: str, payload: bytes) -> Any:
 @functools.cache
 def _dill() -> Any:
     import dill
+    import dill.detect
 
+    captures.send_only_read_globals(dill.detect)
     return dill
 
 

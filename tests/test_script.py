@@ -239,3 +239,28 @@ def test_imap_over_large_results_holds_a_fixed_budget_not_hundreds_of_them(tmp_p
     total, grown_mb = out
     assert total == sum(range(600))
     assert grown_mb < 250, f"the caller grew by {grown_mb:.0f} MB"
+
+
+def test_functions_that_call_library_functions_imported_by_name_are_sent(tmp_path):
+    """scikit-learn's public functions are wrappers (validate_params) that reach each other:
+    dill looked through all their globals in turn, minutes or a RecursionError, though they go
+    by reference. The same code ran under loky."""
+    pytest.importorskip("sklearn")
+    code = """
+        from nbparallel import parallel
+        from sklearn.datasets import make_classification
+        from sklearn.model_selection import cross_val_score
+        from sklearn.tree import DecisionTreeClassifier
+
+        X, y = make_classification(n_samples=60, random_state=0)
+
+        def score(depth):
+            model = DecisionTreeClassifier(max_depth=depth, random_state=0)
+            return round(float(cross_val_score(model, X, y, cv=2).mean()), 6)
+
+        print(parallel.map(score, [1, 2], progress=False) == [score(1), score(2)])
+        print(parallel.map(lambda n: make_classification(n_samples=n)[0].shape, [10], progress=False))
+    """
+    done = run_script(code, tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True", "[(10, 20)]"]
