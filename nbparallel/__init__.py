@@ -94,13 +94,22 @@ def _register_joblib_backend(joblib: Any = None) -> None:
     from . import joblib_backend  # noqa: F401
 
 
-# `joblib.parallel_config(backend="nbparallel")` works wherever joblib is imported, before or
-# after nbparallel; not in workers (nested joblib calls there run sequentially).
-# (Its import hook is not needed in a worker either: it costs a worker a tenth of its imports.)
-if os.environ.get("NBPARALLEL_WORKER") != "1":
-    from .when_imported import when_imported
+def _run_joblib_in_the_task(joblib: Any) -> None:
+    # In a worker, a joblib call inside a task runs in that task's process, as a parallel.map
+    # there does: the pool has a worker per CPU already, and loky's processes, children of the
+    # worker, outlived the kernel (loky keeps them for 5 minutes). Threads are still allowed
+    # (prefer="threads"); joblib's own batches (joblib_backend.run_batch) set their backend.
+    joblib.parallel.DEFAULT_BACKEND = "sequential"
 
+
+# `joblib.parallel_config(backend="nbparallel")` works wherever joblib is imported, before or
+# after nbparallel.
+from .when_imported import when_imported  # noqa: E402
+
+if os.environ.get("NBPARALLEL_WORKER") != "1":
     when_imported("joblib", _register_joblib_backend)
+else:
+    when_imported("joblib", _run_joblib_in_the_task)
 
 if prestart.in_a_kernel():
     prestart.start_pool()

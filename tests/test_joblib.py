@@ -250,6 +250,24 @@ def test_configure_joblib_works_as_a_scripts_first_line_before_joblib_is_importe
     assert done.stdout.splitlines() == ["True"]
 
 
+def test_joblib_inside_a_map_task_runs_in_that_worker_and_starts_no_processes(tmp_path):
+    """As a parallel.map inside a task does: loky's processes, children of a worker, outlived
+    the kernel by minutes."""
+    code = (
+        "import os, psutil\n"
+        "from joblib import Parallel, delayed\n"
+        "from nbparallel import parallel\n"
+        "def inner(x):\n"
+        "    pids = set(Parallel(n_jobs=2)(delayed(os.getpid)() for _ in range(4)))\n"
+        "    threads = Parallel(n_jobs=2, prefer='threads')(delayed(abs)(-i) for i in range(2))\n"
+        "    return pids == {os.getpid()}, threads, psutil.Process().children(recursive=True)\n"
+        "print(parallel.map(inner, range(2), progress=False))\n"
+    )
+    done = run_script(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[(True, [0, 1], []), (True, [0, 1], [])]"]
+
+
 def test_without_joblib_nothing_fails_to_import_and_configure_says_what_to_install(tmp_path):
     code = (
         "import sys; sys.modules['joblib'] = None\n"
