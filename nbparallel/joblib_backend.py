@@ -286,7 +286,8 @@ class NbParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         failed = not future.cancelled() and future.exception() is not None
         with self._lock:
             self._failed += failed
-            if self._progress is not None:
+            # A batch cancelled (joblib's timeout, an error elsewhere, a Stop) did not finish.
+            if self._progress is not None and not future.cancelled():
                 self._learn_total(self._progress)
                 self._progress.advance(size, 1 if failed else 0)
         if callback is not None:

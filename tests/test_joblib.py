@@ -268,6 +268,26 @@ def test_joblib_inside_a_map_task_runs_in_that_worker_and_starts_no_processes(tm
     assert done.stdout.splitlines() == ["[(True, [0, 1], []), (True, [0, 1], [])]"]
 
 
+def test_after_a_timeout_the_bar_counts_only_the_tasks_that_finished(tmp_path):
+    code = (
+        "import time\n"
+        "from joblib import Parallel, delayed, parallel_config\n"
+        "from nbparallel import parallel\n"
+        "def nap(x):\n"
+        "    time.sleep(30 if x == 1 else 0.01)\n"
+        "with parallel_config(backend='nbparallel'):\n"
+        "    try:\n"
+        "        Parallel(n_jobs=2, timeout=1, batch_size=1)(delayed(nap)(x) for x in range(10))\n"
+        "    except Exception as error:\n"
+        "        print(type(error).__name__)\n"
+    )
+    done = run_script(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["TimeoutError"]
+    ending = done.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert ending.startswith("joblib (stopped):") and " 9/10 " in ending, ending
+
+
 def test_without_joblib_nothing_fails_to_import_and_configure_says_what_to_install(tmp_path):
     code = (
         "import sys; sys.modules['joblib'] = None\n"
