@@ -188,9 +188,14 @@ class FunctionPayload:
 
 
 def function_name(func: Callable[..., Any]) -> str:
+    """Its own name; a partial's, if one was given (the joblib backend names its batch runner
+    after the user's function), else that of the function it wraps."""
+    name = getattr(func, "__qualname__", None)
+    if name:
+        return str(name)
     if isinstance(func, functools.partial):
         return function_name(func.func)
-    return getattr(func, "__qualname__", None) or type(func).__qualname__
+    return type(func).__qualname__
 
 
 def dump_function(func: Callable[..., Any]) -> FunctionPayload:

@@ -14,7 +14,7 @@ joblib = pytest.importorskip("joblib")
 
 from joblib import Parallel, delayed  # noqa: E402
 
-from nbparallel import OptionError, parallel  # noqa: E402
+from nbparallel import OptionError, TaskExitError, parallel  # noqa: E402
 from nbparallel.joblib_backend import NbParallelBackend, grown_batch_size  # noqa: E402
 from nbparallel.thread_limits import ENVIRONMENT  # noqa: E402
 
@@ -409,3 +409,16 @@ def test_inner_max_num_threads_sets_the_limit_inside_tasks():
         inside = Parallel(n_jobs=2)(delayed(library_threads)(x) for x in range(2))
     for counts in inside:
         assert all(threads == {3} for threads in counts.values()), counts
+
+
+def leaves_on_three(x):
+    if x == 3:
+        sys.exit(3)
+    return x
+
+
+def test_an_error_about_a_whole_batch_names_the_users_function(on_nbparallel):
+    """A task that ends its worker is told about its batch: named after the function joblib
+    ran, not the backend's batch runner."""
+    with pytest.raises(TaskExitError, match="^'leaves_on_three' tried to end its worker"):
+        Parallel(n_jobs=2)(delayed(leaves_on_three)(x) for x in range(6))
