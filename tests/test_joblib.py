@@ -23,6 +23,13 @@ from .conftest import ROOT, run_script  # noqa: E402
 pytestmark = pytest.mark.usefixtures("quiet_progress")
 
 
+def script_ran(code: str, tmp_path) -> subprocess.CompletedProcess[str]:
+    """`code` run as a script; it must have exited 0."""
+    done = run_script(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.fixture
 def on_nbparallel():
     with joblib.parallel_config(backend="nbparallel"):
@@ -245,9 +252,7 @@ def test_configure_joblib_works_as_a_scripts_first_line_before_joblib_is_importe
         "pids = set(Parallel(n_jobs=2)(delayed(lambda x: os.getpid())(x) for x in range(20)))\n"
         "print(os.getpid() not in pids and pids <= {w.pid for w in parallel.status().workers})\n"
     )
-    done = run_script(code, tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["True"]
+    assert script_ran(code, tmp_path).stdout.splitlines() == ["True"]
 
 
 def test_joblib_inside_a_map_task_runs_in_that_worker_and_starts_no_processes(tmp_path):
@@ -263,9 +268,8 @@ def test_joblib_inside_a_map_task_runs_in_that_worker_and_starts_no_processes(tm
         "    return pids == {os.getpid()}, threads, psutil.Process().children(recursive=True)\n"
         "print(parallel.map(inner, range(2), progress=False))\n"
     )
-    done = run_script(code, tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["[(True, [0, 1], []), (True, [0, 1], [])]"]
+    lines = script_ran(code, tmp_path).stdout.splitlines()
+    assert lines == ["[(True, [0, 1], []), (True, [0, 1], [])]"]
 
 
 def test_after_a_timeout_the_bar_counts_only_the_tasks_that_finished(tmp_path):
@@ -281,8 +285,7 @@ def test_after_a_timeout_the_bar_counts_only_the_tasks_that_finished(tmp_path):
         "    except Exception as error:\n"
         "        print(type(error).__name__)\n"
     )
-    done = run_script(code, tmp_path)
-    assert done.returncode == 0, done.stderr
+    done = script_ran(code, tmp_path)
     assert done.stdout.splitlines() == ["TimeoutError"]
     ending = done.stderr.replace("\r", "\n").strip().splitlines()[-1]
     assert ending.startswith("joblib (stopped):") and " 9/10 " in ending, ending
