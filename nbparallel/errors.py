@@ -220,9 +220,12 @@ def timed_out(
 
 
 def task_exited(func_name: str, position: int, item_repr: str, detail: str) -> TaskExitError:
+    interrupt = "A KeyboardInterrupt raised by a task fails only it; to stop a call, use Stop."
+    leaving = "sys.exit() in a task ends only that task; return a value or raise an exception."
+    advice = interrupt if detail.startswith("KeyboardInterrupt") else leaving
     return TaskExitError(
-        f"{func_name!r} tried to end its worker on item {position} ({item_repr}): {detail}. "
-        f"sys.exit() in a task ends only that task; return a value or raise an exception instead."
+        f"{func_name!r} tried to end its worker on item {position} ({item_repr}): "
+        f"{detail.rstrip(': ')}. {advice}"
     )
 
 

@@ -102,6 +102,15 @@ def test_sys_exit_in_a_task_is_a_task_error_not_the_callers_exit():
         parallel.map(lambda x: sys.exit(7) if x == 2 else x, range(4))
 
 
+def interrupts(x):
+    raise KeyboardInterrupt
+
+
+def test_a_keyboard_interrupt_raised_by_a_task_says_how_to_stop_a_call():
+    with pytest.raises(TaskExitError, match=r"\(0\): KeyboardInterrupt\. .* use Stop"):
+        parallel.map(interrupts, [0])
+
+
 # --- hostile objects at every boundary ------------------------------------------------------
 
 
