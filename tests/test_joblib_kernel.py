@@ -79,15 +79,25 @@ def test_sigkill_during_grid_search_fit_leaves_no_worker_after_2s(kernel, tmp_pa
 
 
 def test_stop_during_grid_search_fit_raises_at_once_and_the_next_fit_runs(kernel, tmp_path):
+    """KeyboardInterrupt reaches the cell within 1 s of Stop. The reply comes after IPython has
+    formatted the traceback, through scikit-learn's and joblib's big files: 0.5-2 s more on a
+    loaded machine (measured: under 1 s with %xmode Minimal), which is IPython's, not ours."""
     kernel.ok(SETUP.format(directory=str(tmp_path), progress=False))
-    msg_id = kernel.send("search(seconds=120).fit(X, y)")
+    msg_id = kernel.send(
+        "try:\n"
+        "    search(seconds=120).fit(X, y)\n"
+        "except KeyboardInterrupt:\n"
+        "    interrupted_in_the_cell = time.time()\n"
+        "    raise"
+    )
     wait_until(lambda: started(tmp_path) >= 2, timeout=30)
     busy = kernel.workers()
-    interrupted_at = time.monotonic()
+    interrupted_at = time.time()
     kernel.manager.interrupt_kernel()
     reply = kernel.reply(msg_id, timeout=10)
-    assert time.monotonic() - interrupted_at < 1.0
     assert reply.ename == "KeyboardInterrupt"
+    assert time.time() - interrupted_at < 5.0
+    assert kernel.value("interrupted_in_the_cell") - interrupted_at < 1.0
     wait_until(lambda: not alive(busy), timeout=2.0)  # the busy fits were stopped
     count = started(tmp_path)
     next_fit = time.monotonic()
