@@ -67,8 +67,13 @@ def send_only_read_globals(detect: Any) -> None:
     def read_globals(func: Any, recurse: bool = True, builtin: bool = False) -> dict[str, Any]:
         if not (recurse and isinstance(func, types.FunctionType)):
             return dict(original(func, recurse, builtin))
-        scope = {**vars(builtins), **func.__globals__} if builtin else func.__globals__
-        return {name: scope[name] for name in global_names(func.__code__) if name in scope}
+        found = {}
+        for name in global_names(func.__code__):  # not a copy of the notebook's whole namespace
+            if name in func.__globals__:
+                found[name] = func.__globals__[name]
+            elif builtin and hasattr(builtins, name):
+                found[name] = getattr(builtins, name)
+        return found
 
     detect.globalvars = read_globals
 
